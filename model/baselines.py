@@ -1,0 +1,152 @@
+"""Baseline scorers of the evaluation protocol, behind the engine's Scorer protocol.
+
+Every baseline scores every item seen so far, using only events before the window's end, and
+returns the predicted ``log(1 + next-window count)`` (or a monotone stand-in for it, which gives
+the same ranking): MostPop, LastWindow, EWMA-h and LinearTrend as DESIGN.md defines them, and an
+online River regression on the trend features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from river import linear_model, optim
+
+from streams.scoring import SilentScorer
+from streams.trend.features import FeatureFrame
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class MostPop(SilentScorer):
+    """All events of an item so far.
+
+    >>> from model.baselines import MostPop
+    >>> MostPop().version
+    'mostpop@1'
+    """
+
+    name = "mostpop"
+    version = "mostpop@1"
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        return np.log1p(features.total)
+
+
+class LastWindow(SilentScorer):
+    """The count of the window that just closed."""
+
+    name = "last-window"
+    version = "last-window@1"
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        return np.log1p(features.count)
+
+
+class EWMA(SilentScorer):
+    """``sum over w <= t of 2^(-(t-w)/h) * count_w``, from the state's EW mean of half-life h.
+
+    The EW mean is that sum times ``1 - 2^(-1/h)``: a predicted per-window count, hence the
+    same ranking.
+    """
+
+    def __init__(self, half_life: float) -> None:
+        self.half_life = float(half_life)
+        self.name = f"ewma-{half_life:g}"
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}@1"
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        return np.log1p(features.ew_at(self.half_life))
+
+
+class LinearTrend(SilentScorer):
+    """``max(0, count_t + slope)``, the slope fitted by least squares to windows t-3..t."""
+
+    name = "linear-trend"
+    version = "linear-trend@1"
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        if features.recent.shape[1] != 4:
+            raise ValueError("linear-trend needs the last 4 window counts (recent_windows = 4)")
+        return np.log1p(np.maximum(0.0, features.count + features.slope))
+
+
+def trend_feature_table(features: FeatureFrame) -> pd.DataFrame:
+    """The numeric trend signals as a table (log scale where counts are heavy-tailed)."""
+    table = {
+        "log_count": np.log1p(features.count),
+        "log_total": np.log1p(features.total),
+        "log_momentum": np.log(features.momentum),
+        "slope": np.sign(features.slope) * np.log1p(np.abs(features.slope)),
+        "accel": np.sign(features.accel) * np.log1p(np.abs(features.accel)),
+        "burstiness": features.burstiness,
+        "log_age": np.log1p(features.age_windows.astype(np.float64)),
+        "share": features.share * 10.0,
+        "category_momentum": np.nan_to_num(np.log(features.category_momentum), nan=0.0),
+    }
+    for column, half_life in enumerate(features.half_lives):
+        table[f"log_ew_{half_life:g}"] = np.log1p(features.ew[:, column])
+    for lag in range(features.recent.shape[1]):
+        table[f"log_count_lag{features.recent.shape[1] - 1 - lag}"] = np.log1p(
+            features.recent[:, lag]
+        )
+    return pd.DataFrame(table).clip(-20.0, 20.0)
+
+
+class RiverRegressor(SilentScorer):
+    """An online linear regression (River) from the trend signals to ``log(1 + next count)``.
+
+    It learns as each window's true counts arrive, from the items that were active in the
+    window before, and predicts for every item. Until it has seen a window it falls back to
+    the last window's count.
+    """
+
+    name = "river"
+
+    def __init__(self, learning_rate: float = 0.01, seed: int = 0) -> None:
+        # The features are already on log scales and clipped, so no running scaler is needed
+        # (River's batch StandardScaler breaks on constant columns: negative variances).
+        self._model = linear_model.LinearRegression(
+            optimizer=optim.Adam(learning_rate), intercept_lr=learning_rate, l2=1e-5
+        )
+        self._learned_windows = 0
+        self.seed = seed
+
+    @property
+    def version(self) -> str:
+        return "river@1"
+
+    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+        if len(features) == 0:
+            return
+        table = trend_feature_table(features)
+        target = pd.Series(np.log1p(next_counts))
+        # Shuffled mini-batches keep SGD from following the catalog order.
+        order = np.random.default_rng(self.seed + self._learned_windows).permutation(len(table))
+        for chunk in np.array_split(order, max(1, len(order) // 256)):
+            self._model.learn_many(table.iloc[chunk], target.iloc[chunk])
+        self._learned_windows += 1
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        if self._learned_windows == 0:
+            return np.log1p(features.count)
+        predictions = self._model.predict_many(trend_feature_table(features))
+        return np.asarray(predictions, dtype=np.float64)
+
+
+#: Scorer names on the command line (DESIGN.md) that need no model files.
+BASELINES: dict[str, Callable[[], SilentScorer]] = {
+    "mostpop": MostPop,
+    "last-window": LastWindow,
+    "ewma-1": lambda: EWMA(1),
+    "ewma-2": lambda: EWMA(2),
+    "ewma-4": lambda: EWMA(4),
+    "linear-trend": LinearTrend,
+    "river": RiverRegressor,
+}

@@ -1,0 +1,44 @@
+"""Scorers by their command-line name (DESIGN.md, "Conventions that tools rely on").
+
+Baselines need nothing; the language-model scorers load their weights only when asked for,
+so listing or running a baseline never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from model.baselines import BASELINES
+from streams.scoring import Scorer
+from streams.settings import Settings
+
+#: Every scorer name the CLI accepts, in the order reports list them.
+SCORER_NAMES = (
+    "mostpop",
+    "last-window",
+    "ewma-1",
+    "ewma-2",
+    "ewma-4",
+    "linear-trend",
+    "river",
+    "base-lm",
+    "trail",
+)
+BASELINE_NAMES = tuple(BASELINES)
+
+
+class UnknownScorerError(ValueError):
+    pass
+
+
+def scorer_factory(name: str, settings: Settings) -> Callable[[], Scorer]:
+    """A zero-argument constructor for scorer ``name`` configured by ``settings``."""
+    if name in BASELINES:
+        return BASELINES[name]
+    if name in ("trail", "base-lm"):
+        from model.scorer import language_model_scorer_factory
+
+        return language_model_scorer_factory(name, settings)
+    raise UnknownScorerError(
+        f"unknown scorer {name!r}; choose one of: {', '.join(SCORER_NAMES)}"
+    )

@@ -1,0 +1,205 @@
+"""The ``trail`` command line.
+
+Each subcommand lives in a module with ``add_arguments(parser)`` and ``run(args) -> int``;
+modules are imported only when their command runs (or its help is asked for), so
+``trail replay`` never pays for torch or Kafka clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams.settings import Settings
+
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replay": ("streams.cli", "replay an event log through the engine, no broker"),
+    "evaluate": ("streams.cli", "evaluate scorers on an event log (HR@K, NDCG@K, ...)"),
+}
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "events",
+        help="a user_id,item_id,timestamp CSV (.csv/.csv.gz), Parquet, recbole .inter file, "
+        "or a dataset name: ml-100k, ml-1m, amazon-beauty",
+    )
+    parser.add_argument("--window", default=None, help="window length, e.g. 7d (default 7d)")
+    parser.add_argument("--grace", default=None, help="grace period for late events (0s)")
+    parser.add_argument(
+        "--test-windows",
+        type=int,
+        default=None,
+        help="rank (and run expensive scorers) only for the last N complete windows",
+    )
+    parser.add_argument("--adapter", type=Path, default=None, help="TRAIL adapter folder")
+    parser.add_argument("--model", dest="model_dir", type=Path, default=None,
+                        help="exported ONNX model folder for the TRAIL scorer")
+    parser.add_argument("--base-model", default=None, help="base LM: HF id or local path")
+    parser.add_argument("--rescore-top", type=int, default=None,
+                        help="items the cheap ranker passes to the LM per window (M)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    _common_replay_arguments(parser)
+    if command == "replay":
+        parser.add_argument("--scorer", default="river", help="scorer name (default river)")
+        parser.add_argument("--predictions-out", type=Path, default=None,
+                            help="JSON lines {window_end, ranking} per evaluated window")
+        parser.add_argument("--scores-out", type=Path, default=None,
+                            help="JSON lines of every ScoreUpdate")
+        parser.add_argument("--snapshots-out", type=Path, default=None,
+                            help="folder for Parquet retraining snapshots, one per window")
+        parser.add_argument("--print-top", type=int, default=5,
+                            help="print each window's top N (0 = quiet)")
+        parser.add_argument("--explain-top", type=int, default=None,
+                            help="items explained per window (default 10)")
+    else:
+        parser.add_argument("--scorer", action="append", default=None,
+                            help="scorer to evaluate (repeatable; default: every baseline)")
+        parser.add_argument("--json", type=Path, default=None, help="write results as JSON")
+        parser.add_argument("--markdown", type=Path, default=None, help="write a Markdown table")
+        parser.add_argument("--plot", type=Path, default=None, help="write a PNG of HR@10")
+        parser.add_argument("--predictions-dir", type=Path, default=None,
+                            help="write each scorer's predictions file here")
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    from model.registry import BASELINE_NAMES, UnknownScorerError, scorer_factory
+    from streams.datasets import DatasetError, load_events
+
+    settings = _settings(
+        args,
+        window=args.window or "7d",
+        grace=args.grace,
+        adapter=args.adapter,
+        model_dir=args.model_dir,
+        base_model=args.base_model,
+        rescore_top=args.rescore_top,
+        explain_top=getattr(args, "explain_top", None),
+    )
+    try:
+        log = load_events(args.events, progress=not args.no_progress)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _report_bad_rows(log)
+    try:
+        if command == "replay":
+            return _replay(args, settings, log, scorer_factory(args.scorer, settings))
+        names = args.scorer or list(BASELINE_NAMES)
+        factories = [(name, scorer_factory(name, settings)) for name in names]
+    except UnknownScorerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _evaluate(args, settings, log, factories)
+
+
+def _report_bad_rows(log: object) -> None:
+    bad = getattr(log, "bad_rows", ())
+    count = getattr(log, "bad_row_count", 0)
+    if not count:
+        return
+    print(f"warning: skipped {count:,} malformed rows in {getattr(log, 'source', '')}",
+          file=sys.stderr)
+    for row in bad[:10]:
+        print(f"  line {row.line}: {row.reason}", file=sys.stderr)
+    if count > 10:
+        print(f"  ... and {count - 10:,} more", file=sys.stderr)
+
+
+def _replay(args: argparse.Namespace, settings: Settings, log: object, make: object) -> int:
+    from streams.engine import Engine
+    from streams.publish import (
+        ConsolePrinter,
+        PredictionsWriter,
+        Publisher,
+        ScoresWriter,
+        SnapshotWriter,
+    )
+    from streams.replay import EvaluationWindows, replay
+
+    config = settings.engine_config()
+    windows = EvaluationWindows.of(log.timestamps, config.trend.window.length,  # type: ignore[attr-defined]
+                                   args.test_windows)
+    publishers: list[Publisher] = []
+    if args.print_top > 0:
+        publishers.append(ConsolePrinter(top=args.print_top))
+    if args.predictions_out is not None:
+        publishers.append(PredictionsWriter(args.predictions_out, depth=config.ranking_depth,
+                                            first_window=windows.first, last_window=windows.last))
+    if args.scores_out is not None:
+        publishers.append(ScoresWriter(args.scores_out))
+    if args.snapshots_out is not None:
+        publishers.append(SnapshotWriter(args.snapshots_out))
+    engine = Engine(config, make(), score_from_window=windows.first)  # type: ignore[operator]
+    summary = replay(log, engine, publishers, windows, progress=not args.no_progress)  # type: ignore[arg-type]
+    print(f"\n{summary.describe()}", file=sys.stderr)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings, log: object,
+              factories: list[tuple[str, object]]) -> int:
+    from model.evaluation import evaluate
+
+    report = evaluate(
+        log,  # type: ignore[arg-type]
+        factories,  # type: ignore[arg-type]
+        settings.engine_config(),
+        test_windows=8 if args.test_windows is None else args.test_windows,
+        predictions_dir=args.predictions_dir,
+        depth=settings.ranking_depth,
+        progress=not args.no_progress,
+    )
+    print(report.markdown())
+    report.write(args.json, args.markdown, args.plot)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trail",
+        description="TRAIL: streaming trend scoring and explanation with a fine-tuned small LM",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        if module_name == "streams.cli":
+            add_arguments(name, sub)
+        else:
+            module.add_arguments(sub)
+        sub.set_defaults(module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.module == "streams.cli":
+            return run(args.command, args)
+        return int(importlib.import_module(args.module).run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""The one engine behind the embedded replay and the Kafka worker.
+
+Events go in as batches; every window that closes comes out as a :class:`WindowResult`: the
+ranking of every item seen so far, the score updates of the items that changed, the trending
+top-N, and the retraining rows of the window before it (whose next-window counts are now
+known). Records are built lazily from columns, so a caller that only needs rankings (an
+evaluation) never pays for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas import (
+    ItemMeta,
+    ScoreUpdate,
+    TrendingItem,
+    TrendingSnapshot,
+    WindowSnapshotRow,
+)
+from streams.scoring import Scorer
+from streams.trend.features import FeatureFrame
+from streams.trend.state import ClosedWindow, TrendConfig, TrendState
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.int64]
+
+#: Scores are compared after rounding to this many decimals, so values that are equal in exact
+#: arithmetic tie (and fall back to the id order) whatever floating-point path produced them.
+SCORE_DECIMALS = 9
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How windows are scored and published.
+
+    ``top_n`` items make the trending list; the ``explain_top`` best get explanations;
+    rankings keep ``ranking_depth`` items.
+    """
+
+    trend: TrendConfig
+    top_n: int = 10
+    explain_top: int = 10
+    ranking_depth: int = 100
+
+
+@dataclass(frozen=True)
+class SnapshotBatch:
+    """Retraining rows of one window: features at its close and the next window's counts."""
+
+    features: FeatureFrame
+    next_counts: FloatArray
+
+    def rows(self) -> list[WindowSnapshotRow]:
+        return [
+            WindowSnapshotRow(
+                **self.features.record(i).model_dump(), next_count=float(self.next_counts[i])
+            )
+            for i in range(len(self.features))
+        ]
+
+    def columns(self) -> dict[str, list[Any]]:
+        """Column-oriented rows (for Parquet), with the same fields as WindowSnapshotRow."""
+        records = self.rows()
+        if not records:
+            return {name: [] for name in WindowSnapshotRow.model_fields}
+        return {
+            name: [getattr(record, name) for record in records]
+            for name in WindowSnapshotRow.model_fields
+        }
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """Everything the engine knows at one window's close."""
+
+    window: ClosedWindow
+    features: FeatureFrame
+    scores: FloatArray
+    order: IndexArray  # positions into features, best first (every seen item)
+    explanations: dict[int, str]  # by position into features
+    model_version: str
+    snapshot: SnapshotBatch | None
+    scored: bool
+    top_n: int
+    _rank_of: IndexArray = field(repr=False)
+
+    def ranking(self, depth: int | None = None) -> list[str]:
+        """Item ids best first (at most ``depth``)."""
+        positions = self.order if depth is None else self.order[:depth]
+        ids = self.features.item_ids
+        return [ids[int(p)] for p in positions]
+
+    def changed_positions(self) -> IndexArray:
+        positions: IndexArray = np.flatnonzero(self.features.count > 0).astype(np.int64)
+        return positions
+
+    def score_updates(self) -> list[ScoreUpdate]:
+        """One update per item that changed in this window, in rank order."""
+        changed = self.changed_positions()
+        changed = changed[np.argsort(self._rank_of[changed], kind="stable")]
+        return [self._update(int(p)) for p in changed]
+
+    def _update(self, position: int) -> ScoreUpdate:
+        return ScoreUpdate(
+            item_id=self.features.item_ids[position],
+            window_end=self.window.end,
+            score=round(float(self.scores[position]), 6),
+            rank=int(self._rank_of[position]) + 1,
+            explanation=self.explanations.get(position),
+            features=self.features.record(position),
+            model_version=self.model_version,
+        )
+
+    def trending(self) -> TrendingSnapshot:
+        """The global top-N of this window."""
+        items = []
+        for rank, position in enumerate(self.order[: self.top_n].tolist(), start=1):
+            meta = self.features.meta.get(self.features.item_ids[position])
+            items.append(
+                TrendingItem(
+                    item_id=self.features.item_ids[position],
+                    rank=rank,
+                    score=round(float(self.scores[position]), 6),
+                    explanation=self.explanations.get(position),
+                    title=meta.title if meta else None,
+                    trend=self.features.trend_name(position),
+                    recent_counts=tuple(float(c) for c in self.features.recent[position]),
+                )
+            )
+        return TrendingSnapshot(
+            window_start=self.window.start,
+            window_end=self.window.end,
+            model_version=self.model_version,
+            items=tuple(items),
+            changed_items=int(self.window.changed.shape[0]),
+            events=float(self.window.events),
+        )
+
+
+class Engine:
+    """Drives a :class:`TrendState` and a :class:`Scorer` window by window.
+
+    >>> from streams.trend.windows import WindowSpec
+    >>> from model.baselines import LastWindow
+    >>> engine = Engine(EngineConfig(TrendConfig(WindowSpec(10)), top_n=2), LastWindow())
+    >>> results = engine.ingest_ids(["a", "b", "b", "c"], np.array([1.0, 2.0, 3.0, 12.0]))
+    >>> [(r.window.end, r.ranking()) for r in results]
+    [(10, ['b', 'a'])]
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        scorer: Scorer,
+        *,
+        score_from_window: int | None = None,
+        state: TrendState | None = None,
+    ) -> None:
+        self.config = config
+        self.scorer = scorer
+        self.state = state if state is not None else TrendState(config.trend)
+        self.score_from_window = score_from_window
+        self._pending_snapshot: FeatureFrame | None = None
+
+    @property
+    def catalog_size(self) -> int:
+        return len(self.state.catalog)
+
+    def add_metadata(self, items: Iterable[ItemMeta]) -> None:
+        self.state.add_metadata(items)
+
+    def ingest_ids(
+        self,
+        item_ids: Sequence[str] | npt.NDArray[Any],
+        timestamps: FloatArray,
+        weights: FloatArray | None = None,
+    ) -> list[WindowResult]:
+        """Ingest events given by item id (the live path)."""
+        codes = self.state.catalog.codes(item_ids)
+        return self.ingest(codes, timestamps, weights)[0]
+
+    def ingest(
+        self,
+        codes: IndexArray,
+        timestamps: FloatArray,
+        weights: FloatArray | None = None,
+    ) -> tuple[list[WindowResult], npt.NDArray[np.bool_]]:
+        """Ingest events given by catalog code; returns closed windows and the late mask."""
+        results: list[WindowResult] = []
+        ingested = self.state.ingest(
+            codes, timestamps, weights, on_close=lambda w: results.append(self._on_close(w))
+        )
+        return results, ingested.late
+
+    def advance_to(self, watermark_ts: float) -> list[WindowResult]:
+        """Close the windows that a watermark at ``watermark_ts`` closes."""
+        results: list[WindowResult] = []
+        self.state.advance_to(watermark_ts, on_close=lambda w: results.append(self._on_close(w)))
+        return results
+
+    def _on_close(self, window: ClosedWindow) -> WindowResult:
+        state = self.state
+        snapshot = None
+        if self._pending_snapshot is not None:
+            previous = self._pending_snapshot
+            next_counts = state.counts_in(previous.rows, window.index)
+            self.scorer.learn(previous, next_counts)
+            snapshot = SnapshotBatch(previous, next_counts)
+        features = state.features(state.seen_rows(), window.index)
+        # Retraining rows: items active in this window or the one before it.
+        active = np.flatnonzero((features.recent[:, -1] > 0) | (features.recent[:, -2] > 0))
+        self._pending_snapshot = features.take(active.astype(np.int64))
+        scored = self.score_from_window is None or window.index >= self.score_from_window
+        if scored and len(features):
+            scores = np.asarray(self.scorer.score(features), dtype=np.float64)
+        else:
+            scores = np.zeros(len(features))
+        order = rank_positions(scores, state.catalog.tie_order()[features.rows])
+        rank_of = np.empty_like(order)
+        rank_of[order] = np.arange(order.shape[0])
+        explanations: dict[int, str] = {}
+        if scored and self.config.explain_top > 0 and len(features):
+            top = order[: self.config.explain_top]
+            texts = self.scorer.explain(features.take(top), scores[top])
+            explanations = {
+                int(p): t for p, t in zip(top.tolist(), texts, strict=True) if t is not None
+            }
+        return WindowResult(
+            window=window,
+            features=features,
+            scores=scores,
+            order=order,
+            explanations=explanations,
+            model_version=self.scorer.version,
+            snapshot=snapshot,
+            scored=scored,
+            top_n=self.config.top_n,
+            _rank_of=rank_of,
+        )
+
+
+def rank_positions(scores: FloatArray, tie_order: IndexArray) -> IndexArray:
+    """Positions sorted by score descending, ties by ``tie_order`` ascending.
+
+    >>> rank_positions(np.array([1.0, 3.0, 3.0, 2.0]), np.array([0, 2, 1, 3])).tolist()
+    [2, 1, 3, 0]
+    """
+    keys = np.round(scores, SCORE_DECIMALS)
+    order: IndexArray = np.lexsort((tie_order, -keys)).astype(np.int64)
+    return order

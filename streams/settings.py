@@ -1,0 +1,85 @@
+"""All settings in one place: defaults, then ``TRAIL_*`` environment variables, then flags.
+
+A :class:`Settings` object is built once at the edge (CLI, worker start) and passed down
+explicitly; nothing below reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.engine import EngineConfig
+from streams.trend.state import TrendConfig
+from streams.trend.windows import WindowSpec, parse_duration
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "trail"
+
+
+class Settings(BaseSettings):
+    """TRAIL's settings. Every field can be set as ``TRAIL_<FIELD>`` in the environment.
+
+    >>> Settings(window="1h").window_seconds
+    3600
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TRAIL_", frozen=True, extra="forbid")
+
+    # Windows and ranking
+    window: str = Field("1h", description="Tumbling window length, e.g. 1h, 7d, 30d")
+    grace: str = Field("0s", description="How long after a window's end late events still count")
+    top_n: int = Field(10, ge=1, le=1000, description="Items in each trending snapshot")
+    explain_top: int = Field(10, ge=0, le=1000, description="Items explained per window")
+    ranking_depth: int = Field(100, ge=1, description="Items kept in each recorded ranking")
+    scorer: str = Field("river", description="Scorer name (see `trail replay --help`)")
+    rescore_top: int = Field(50, ge=1, description="Items the cheap ranker passes to TRAIL (M)")
+    model_dir: Path | None = Field(None, description="Exported ONNX model folder to serve")
+    adapter: Path | None = Field(None, description="TRAIL adapter folder (PyTorch scorer)")
+    base_model: str | None = Field(None, description="Base LM: HF id or path; default SmolLM2")
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    # Kafka
+    broker: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    events_topic: str = "events"
+    scores_topic: str = "scores"
+    trending_topic: str = "trending"
+    dlq_topic: str = "events.dlq"
+    app_id: str = Field("trail", description="Consumer group / Faust application id")
+    partitions: int = Field(4, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: Path | None = None
+    batch_size: int = Field(10_000, ge=1, description="Events per engine batch in the worker")
+    metrics_port: int = Field(9308, ge=0, le=65535, description="Prometheus port (0 = off)")
+
+    @field_validator("window", "grace")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def window_seconds(self) -> int:
+        return parse_duration(self.window)
+
+    @property
+    def grace_seconds(self) -> int:
+        return parse_duration(self.grace)
+
+    def engine_config(self) -> EngineConfig:
+        spec = WindowSpec(length=self.window_seconds, grace=self.grace_seconds)
+        if spec.length == 0:
+            raise ValueError("window must be longer than 0 s")
+        return EngineConfig(
+            trend=TrendConfig(window=spec),
+            top_n=self.top_n,
+            explain_top=self.explain_top,
+            ranking_depth=self.ranking_depth,
+        )

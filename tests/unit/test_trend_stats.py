@@ -1,0 +1,82 @@
+"""The columnar statistics agree with River and with their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from river import stats as river_stats
+
+from streams.trend.stats import (
+    DecayingMeans,
+    RecentCounts,
+    burstiness,
+    slope_and_acceleration,
+)
+
+
+@pytest.mark.parametrize("half_life", [1.0, 2.0, 4.0, 8.0])
+def test_decaying_means_equal_river_ewmean_over_window_counts(half_life: float) -> None:
+    rng = np.random.default_rng(7)
+    n_items, n_windows = 20, 30
+    counts = rng.poisson(2.0, size=(n_windows, n_items)) * (rng.random((n_windows, n_items)) < 0.4)
+    means = DecayingMeans((half_life,))
+    fading = 1.0 - 2.0 ** (-1.0 / half_life)
+    references = [river_stats.EWMean(fading_factor=fading) for _ in range(n_items)]
+    for reference in references:
+        reference.update(0.0)  # the quiet window before the stream starts
+    for window in range(n_windows):
+        changed = np.flatnonzero(counts[window] > 0)
+        means.update(changed, window, counts[window, changed].astype(float))
+        for item, reference in enumerate(references):
+            reference.update(float(counts[window, item]))
+        got = means.get(np.arange(n_items), window)[:, 0]
+        want = np.array([r.get() for r in references])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_ewma_mean_is_the_normalised_decayed_sum() -> None:
+    history = {0: 3.0, 2: 5.0, 3: 1.0}
+    means = DecayingMeans((2.0,))
+    for window, count in history.items():
+        means.update(np.array([0]), window, np.array([count]))
+    decayed_sum = sum(2.0 ** (-(6 - w) / 2.0) * c for w, c in history.items())
+    got = means.get(np.array([0]), 6)[0, 0]
+    assert got == pytest.approx(decayed_sum * (1.0 - 2.0 ** -0.5))
+
+
+def test_recent_counts_shift_lazily_and_forget_beyond_k() -> None:
+    recent = RecentCounts(k=4)
+    recent.update(np.array([0]), 0, np.array([1.0]))
+    recent.update(np.array([0]), 2, np.array([3.0]))
+    assert recent.get(np.array([0]), 3).tolist() == [[1.0, 0.0, 3.0, 0.0]]
+    assert recent.get(np.array([0]), 9).tolist() == [[0.0, 0.0, 0.0, 0.0]]
+    recent.update(np.array([0]), 9, np.array([4.0]))
+    assert recent.get(np.array([0]), 9).tolist() == [[0.0, 0.0, 0.0, 4.0]]
+
+
+def test_slope_matches_numpy_polyfit() -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(5.0, size=(50, 4)).astype(float)
+    slope, accel = slope_and_acceleration(counts)
+    for row, s, a in zip(counts, slope, accel, strict=True):
+        assert s == pytest.approx(np.polyfit(np.arange(4), row, 1)[0], abs=1e-9)
+        assert a == pytest.approx(2 * np.polyfit(np.arange(4), row, 2)[0], abs=1e-9)
+
+
+def test_burstiness_is_bounded() -> None:
+    rng = np.random.default_rng(2)
+    values = burstiness(rng.poisson(1.0, size=(200, 4)).astype(float))
+    assert values.min() >= -1.0
+    assert values.max() <= 1.0
+
+
+def test_state_dicts_round_trip() -> None:
+    means = DecayingMeans((1.0, 8.0))
+    means.update(np.array([0, 3]), 5, np.array([2.0, 9.0]))
+    restored = DecayingMeans.from_state_dict(means.state_dict(4))
+    rows = np.arange(4)
+    np.testing.assert_array_equal(restored.get(rows, 7), means.get(rows, 7))
+    recent = RecentCounts(4)
+    recent.update(np.array([1]), 3, np.array([6.0]))
+    restored_recent = RecentCounts.from_state_dict(recent.state_dict(2))
+    np.testing.assert_array_equal(restored_recent.get(rows[:2], 4), recent.get(rows[:2], 4))
