@@ -108,6 +108,7 @@ class RiverRegressor(SilentScorer):
     """
 
     name = "river"
+    learns_online = True
 
     def __init__(self, learning_rate: float = 0.01, seed: int = 0) -> None:
         # The features are already on log scales and clipped, so no running scaler is needed

@@ -9,10 +9,11 @@ JSON encoded with orjson; :func:`decode` turns bytes into a record or raises
 >>> event = decode(Event, raw)
 >>> event.item_id, event.weight
 ('42', 1.0)
->>> decode(Event, b'{"user_id": "u1", "item_id": "42", "ts": "soon"}')
-Traceback (most recent call last):
-...
-schemas.records.RecordError: Event.ts: Input should be a valid number, unable to parse string as a number (got 'soon')
+>>> try:
+...     decode(Event, b'{"user_id": "u1", "item_id": "42", "ts": "soon"}')
+... except RecordError as error:
+...     print(error)
+Event.ts: Input should be a valid number, unable to parse string as a number (got 'soon')
 """
 
 from __future__ import annotations
@@ -63,10 +64,14 @@ class Event(_Record):
 
     >>> Event(user_id=7, item_id=3, ts=10).user_id
     '7'
-    >>> decode(Event, b'{"user_id": "u", "item_id": "i", "ts": 1, "weight": -2, "colour": 1}')
-    Traceback (most recent call last):
-    ...
-    schemas.records.RecordError: Event.weight: Input should be greater than 0 (got -2); Event.colour: unknown field (got 1)
+    >>> raw = b'{"user_id": "u", "item_id": "i", "ts": 1, "weight": -2, "colour": 1}'
+    >>> try:
+    ...     decode(Event, raw)
+    ... except RecordError as error:
+    ...     for problem in str(error).split("; "):
+    ...         print(problem)
+    Event.weight: Input should be greater than 0 (got -2)
+    Event.colour: unknown field (got 1)
     """
 
     user_id: Identifier

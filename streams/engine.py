@@ -9,6 +9,7 @@ evaluation) never pays for them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,12 +50,24 @@ class EngineConfig:
     ranking_depth: int = 100
 
 
-@dataclass(frozen=True)
 class SnapshotBatch:
-    """Retraining rows of one window: features at its close and the next window's counts."""
+    """Retraining rows of one window: features at its close and the next window's counts.
 
-    features: FeatureFrame
-    next_counts: FloatArray
+    The sub-frame is cut only when someone reads it: an evaluation that writes no snapshots
+    and runs no online learner never pays for it.
+    """
+
+    def __init__(self, frame: FeatureFrame, positions: IndexArray, next_counts: FloatArray):
+        self._frame = frame
+        self._positions = positions
+        self.next_counts = next_counts
+
+    @functools.cached_property
+    def features(self) -> FeatureFrame:
+        return self._frame.take(self._positions)
+
+    def __len__(self) -> int:
+        return int(self._positions.shape[0])
 
     def rows(self) -> list[WindowSnapshotRow]:
         return [
@@ -166,7 +179,7 @@ class Engine:
         self.scorer = scorer
         self.state = state if state is not None else TrendState(config.trend)
         self.score_from_window = score_from_window
-        self._pending_snapshot: FeatureFrame | None = None
+        self._pending_snapshot: tuple[FeatureFrame, IndexArray] | None = None
 
     @property
     def catalog_size(self) -> int:
@@ -208,14 +221,15 @@ class Engine:
         state = self.state
         snapshot = None
         if self._pending_snapshot is not None:
-            previous = self._pending_snapshot
-            next_counts = state.counts_in(previous.rows, window.index)
-            self.scorer.learn(previous, next_counts)
-            snapshot = SnapshotBatch(previous, next_counts)
+            previous, active = self._pending_snapshot
+            next_counts = state.counts_in(previous.rows[active], window.index)
+            snapshot = SnapshotBatch(previous, active, next_counts)
+            if self.scorer.learns_online:
+                self.scorer.learn(snapshot.features, next_counts)
         features = state.features(state.seen_rows(), window.index)
         # Retraining rows: items active in this window or the one before it.
         active = np.flatnonzero((features.recent[:, -1] > 0) | (features.recent[:, -2] > 0))
-        self._pending_snapshot = features.take(active.astype(np.int64))
+        self._pending_snapshot = (features, active.astype(np.int64))
         scored = self.score_from_window is None or window.index >= self.score_from_window
         if scored and len(features):
             scores = np.asarray(self.scorer.score(features), dtype=np.float64)

@@ -99,7 +99,7 @@ class SnapshotWriter:
 
     def publish(self, result: WindowResult) -> None:
         snapshot = result.snapshot
-        if snapshot is None or len(snapshot.features) == 0:
+        if snapshot is None or len(snapshot) == 0:
             return
         table = pa.Table.from_pydict(snapshot.columns())
         partition = self.directory / f"window_end={snapshot.features.window_end}"

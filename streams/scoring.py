@@ -24,6 +24,8 @@ class Scorer(Protocol):
     """Ranks the items of one window. ``version`` goes into every ScoreUpdate it produces."""
 
     name: str
+    #: Whether :meth:`learn` does anything; the engine skips building its input otherwise.
+    learns_online: bool
 
     @property
     def version(self) -> str: ...
@@ -43,6 +45,8 @@ class Scorer(Protocol):
 
 class SilentScorer:
     """Mixin for scorers that neither explain nor learn online."""
+
+    learns_online = False
 
     def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
         return [None] * len(features)

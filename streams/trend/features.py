@@ -7,7 +7,7 @@ once; :meth:`FeatureFrame.record` turns one row into the wire-level ``ItemFeatur
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +61,7 @@ class FeatureFrame:
     window_end: int
     window_seconds: int
     rows: IndexArray
-    item_ids: Sequence[str]
+    item_ids: npt.NDArray[np.object_]
     count: FloatArray
     total: FloatArray
     recent: FloatArray
@@ -94,7 +94,7 @@ class FeatureFrame:
             window_end=self.window_end,
             window_seconds=self.window_seconds,
             rows=self.rows[positions],
-            item_ids=[self.item_ids[int(p)] for p in positions],
+            item_ids=self.item_ids[positions],
             count=self.count[positions],
             total=self.total[positions],
             recent=self.recent[positions],
@@ -116,7 +116,7 @@ class FeatureFrame:
 
     def record(self, position: int) -> ItemFeatures:
         """Row ``position`` as the wire-level :class:`schemas.ItemFeatures`."""
-        item_id = self.item_ids[position]
+        item_id = str(self.item_ids[position])
         meta = self.meta.get(item_id)
         category_momentum = float(self.category_momentum[position])
         ew = self.ew[position]

@@ -92,6 +92,7 @@ class ItemCatalog:
         self._integer_ids: list[int] = []
         self._all_integer = True
         self._tie_order: IndexArray | None = None
+        self._id_array: npt.NDArray[np.object_] = np.empty(0, dtype=object)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -121,6 +122,12 @@ class ItemCatalog:
         )
         codes: IndexArray = unique_codes[labels]
         return codes
+
+    def id_array(self) -> npt.NDArray[np.object_]:
+        """The ids as a numpy object array (index it with catalog codes)."""
+        if self._id_array.shape[0] != len(self.ids):
+            self._id_array = np.asarray(self.ids, dtype=object)
+        return self._id_array
 
     def add_metadata(self, items: Iterable[ItemMeta]) -> None:
         for meta in items:
@@ -169,7 +176,7 @@ class TrendState:
     >>> [(w.index, w.counts.tolist()) for w in result.closed]  # 31 closes windows 0..2
     [(0, [1.0, 1.0]), (1, [1.0]), (2, [])]
     >>> frame = state.features(state.seen_rows(), window=2)
-    >>> frame.item_ids, frame.recent.tolist()
+    >>> frame.item_ids.tolist(), frame.recent.tolist()
     (['a', 'b'], [[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     """
 
@@ -389,14 +396,13 @@ class TrendState:
         age = window - self._first_window[rows]
         events = self._last_events if window == self.closed_through else float(count.sum())
         share = count / events if events > 0 else np.zeros_like(count)
-        ids = self.catalog.ids
         return FeatureFrame(
             window_index=window,
             window_start=spec.start_of(window),
             window_end=spec.end_of(window),
             window_seconds=spec.length,
             rows=rows,
-            item_ids=[ids[r] for r in rows.tolist()],
+            item_ids=self.catalog.id_array()[rows],
             count=count,
             total=self._total[rows].copy(),
             recent=recent,

@@ -124,10 +124,14 @@ class RecentCounts:
 
     def _shifted(self, rows: IndexArray, window: int) -> FloatArray:
         gap = np.clip(window - self._updated_at[rows], 0, self.k)
-        source = np.arange(self.k)[None, :] + gap[:, None]
-        inside = source < self.k
-        taken = np.take_along_axis(self._counts[rows], np.minimum(source, self.k - 1), axis=1)
-        shifted: FloatArray = np.where(inside, taken, 0.0)
+        stored = self._counts[rows]
+        shifted: FloatArray = np.zeros_like(stored)
+        # Only k + 1 distinct shifts exist: one slice copy per shift beats a gather per cell.
+        for step in np.unique(gap).tolist():
+            if step >= self.k:
+                continue
+            same = gap == step
+            shifted[same, : self.k - step] = stored[same, step:]
         return shifted
 
     def update(self, rows: IndexArray, window: int, values: FloatArray) -> None:
@@ -173,7 +177,7 @@ def polynomial_fit(counts: FloatArray, degree: int) -> FloatArray:
 @functools.cache
 def _fit_matrix(k: int, degree: int) -> FloatArray:
     design = np.vander(np.arange(k, dtype=np.float64), degree + 1, increasing=True)
-    matrix: FloatArray = np.linalg.pinv(design).T
+    matrix: FloatArray = np.asarray(np.linalg.pinv(design).T, dtype=np.float64)
     return matrix
 
 
@@ -200,7 +204,9 @@ def burstiness(counts: FloatArray) -> FloatArray:
     array([-1.   ,  0.268,  0.   ])
     """
     mean = counts.mean(axis=1)
-    std = counts.std(axis=1)
+    # Population variance from the first two moments: rows are short (k counts), so this is
+    # exact enough and avoids numpy's generic std machinery.
+    std = np.sqrt(np.maximum((counts * counts).mean(axis=1) - mean * mean, 0.0))
     total = mean + std
     safe = np.where(total > 0, total, 1.0)
     result: FloatArray = np.where(total > 0, (std - mean) / safe, 0.0)

@@ -41,7 +41,7 @@ def test_ewma_mean_is_the_normalised_decayed_sum() -> None:
         means.update(np.array([0]), window, np.array([count]))
     decayed_sum = sum(2.0 ** (-(6 - w) / 2.0) * c for w, c in history.items())
     got = means.get(np.array([0]), 6)[0, 0]
-    assert got == pytest.approx(decayed_sum * (1.0 - 2.0 ** -0.5))
+    assert got == pytest.approx(decayed_sum * (1.0 - 2.0**-0.5))
 
 
 def test_recent_counts_shift_lazily_and_forget_beyond_k() -> None:

@@ -1,0 +1,192 @@
+"""Fixtures for tests against a real Apache Kafka broker (see compose/kafka.sh).
+
+``kafka_bootstrap`` (session): starts a private single-node KRaft broker on free ports with a
+fresh data dir under pytest's tmp dir, yields ``"127.0.0.1:PORT"`` and stops it at session end.
+With ``TRAIL_KAFKA_BOOTSTRAP`` set, that broker is used as is and nothing is started or stopped.
+
+``kafka_topic_factory``: ``create(partitions=4, prefix="t") -> name`` creates a uniquely named
+topic, waits until every partition has a leader, and deletes the topics after the test.
+
+The tests themselves carry ``pytestmark = pytest.mark.kafka``; deselect with ``-m "not kafka"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KAFKA_SH = REPO_ROOT / "compose" / "kafka.sh"
+# First run fetches ~45 MB of jars with Maven; later runs start in a few seconds.
+START_TIMEOUT_S = float(os.environ.get("TRAIL_KAFKA_START_TIMEOUT", "90"))
+FETCH_ALLOWANCE_S = 600.0
+
+TopicFactory = Callable[..., str]
+
+
+def _free_ports(n: int) -> list[int]:
+    """Ask the kernel for ``n`` distinct free TCP ports on 127.0.0.1."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _script_env(port: int, controller_port: int, data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TRAIL_KAFKA_PORT"] = str(port)
+    env["TRAIL_KAFKA_CONTROLLER_PORT"] = str(controller_port)
+    env["TRAIL_KAFKA_DATA"] = str(data_dir)
+    # The readiness probe needs aiokafka: the interpreter running pytest has it.
+    env.setdefault("TRAIL_PYTHON", sys.executable)
+    return env
+
+
+def _run_script(
+    command: str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(KAFKA_SH), command],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_script_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment that points compose/kafka.sh at this session's broker."""
+    port, controller_port = _free_ports(2)
+    data_dir = tmp_path_factory.mktemp("kafka")
+    return _script_env(port, controller_port, data_dir)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_script_env: dict[str, str]) -> Iterator[str]:
+    """Bootstrap address of a running broker: ``TRAIL_KAFKA_BOOTSTRAP`` or one started here."""
+    external = os.environ.get("TRAIL_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+
+    missing = [tool for tool in ("bash", "java") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(
+            f"kafka tests need {', '.join(missing)} on PATH to run compose/kafka.sh "
+            "(or set TRAIL_KAFKA_BOOTSTRAP, or deselect with -m 'not kafka')",
+            pytrace=False,
+        )
+
+    env = kafka_script_env
+    started = time.monotonic()
+    try:
+        result = _run_script("start", env, timeout=START_TIMEOUT_S + FETCH_ALLOWANCE_S)
+    except subprocess.TimeoutExpired as exc:
+        _run_script("stop", env, timeout=60)
+        pytest.fail(f"compose/kafka.sh start timed out: {exc}", pytrace=False)
+    if result.returncode != 0:
+        _run_script("stop", env, timeout=60)
+        pytest.fail(
+            f"compose/kafka.sh start failed (rc={result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}",
+            pytrace=False,
+        )
+    bootstrap = ""
+    for line in result.stdout.splitlines():
+        if line.startswith("KAFKA_BOOTSTRAP="):
+            bootstrap = line.split("=", 1)[1].strip()
+    if not bootstrap:
+        _run_script("stop", env, timeout=60)
+        pytest.fail(f"compose/kafka.sh start printed no KAFKA_BOOTSTRAP:\n{result.stdout}")
+    sys.stderr.write(
+        f"\n[kafka] broker {bootstrap} ready in {time.monotonic() - started:.1f}s "
+        f"(data {env['TRAIL_KAFKA_DATA']})\n"
+    )
+    try:
+        yield bootstrap
+    finally:
+        stop = _run_script("stop", env, timeout=120)
+        if stop.returncode != 0:
+            sys.stderr.write(f"[kafka] stop failed: {stop.stdout}\n{stop.stderr}\n")
+
+
+async def _create_topic(bootstrap: str, name: str, partitions: int, timeout_s: float) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(name=name, num_partitions=partitions, replication_factor=1)]
+        )
+        for topic, code, *rest in response.topic_errors:
+            if code != 0:
+                raise RuntimeError(f"create topic {topic!r} failed: error {code} {rest}")
+        # KRaft commits the topic on the controller first; wait until metadata shows a leader
+        # for every partition so producers and consumers see the topic right away.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = await admin.describe_topics([name])
+            parts = described[0].get("partitions", []) if described else []
+            if (
+                described
+                and described[0].get("error_code") == 0
+                and len(parts) == partitions
+                and all(p.get("leader", -1) >= 0 for p in parts)
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name!r} not ready after {timeout_s}s: {described}")
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+
+
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
+    """Create uniquely named topics: ``name = kafka_topic_factory(partitions=4, prefix="t")``."""
+    created: list[str] = []
+
+    def create(partitions: int = 4, prefix: str = "t", timeout_s: float = 30.0) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        asyncio.run(_create_topic(kafka_bootstrap, name, partitions, timeout_s))
+        created.append(name)
+        return name
+
+    yield create
+
+    if created:
+        try:
+            asyncio.run(_delete_topics(kafka_bootstrap, created))
+        except Exception as exc:  # best effort: the broker's data dir is thrown away anyway
+            sys.stderr.write(f"[kafka] could not delete topics {created}: {exc}\n")
