@@ -76,8 +76,12 @@ class ScorerReport:
     summary: ReplaySummary
 
 
-def _spearman(records: Mapping[int, WindowRecord], targets: Sequence[Target], log: EventLog,
-              window_seconds: int) -> float:
+def _spearman(
+    records: Mapping[int, WindowRecord],
+    targets: Sequence[Target],
+    log: EventLog,
+    window_seconds: int,
+) -> float:
     """Mean over windows of Spearman's rho between scores and next-window counts."""
     ts = np.asarray(log.timestamps)
     rhos = []
@@ -145,15 +149,15 @@ def evaluate_scorer(
     metrics["spearman"] = _spearman(collector.records, targets, log, config.trend.window.length)
     for category in TREND_CATEGORIES:
         allowed = {
-            end: frozenset(
-                item for item, trend in record.trend.items() if trend == category
-            )
+            end: frozenset(item for item, trend in record.trend.items() if trend == category)
             for end, record in collector.records.items()
         }
         if category == "new":
             # Items first seen in the judged window itself are the newest of all.
-            allowed = {end: _with_unseen(items, collector.records[end], targets, end)
-                       for end, items in allowed.items()}
+            allowed = {
+                end: _with_unseen(items, collector.records[end], targets, end)
+                for end, items in allowed.items()
+            }
         group = score_pairs(rankings, targets, (10,), restrict=allowed)
         metrics[f"HR@10_{category}"] = group.mean("HR", 10)
         metrics[f"pairs_{category}"] = int(group.hr[10].size)
@@ -259,12 +263,15 @@ class EvaluationReport:
         figure.savefig(path, dpi=110)
         plt.close(figure)
 
-    def write(self, json_path: Path | None, markdown_path: Path | None,
-              plot_path: Path | None) -> None:
+    def write(
+        self, json_path: Path | None, markdown_path: Path | None, plot_path: Path | None
+    ) -> None:
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_bytes(
-                orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+                orjson.dumps(
+                    self.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+                )
             )
         if markdown_path is not None:
             markdown_path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,8 +307,14 @@ def evaluate(
         predictions = predictions_dir / f"{name}.jsonl" if predictions_dir else None
         reports.append(
             evaluate_scorer(
-                log, make(), config, windows, targets,
-                predictions_out=predictions, depth=depth, progress=progress,
+                log,
+                make(),
+                config,
+                windows,
+                targets,
+                predictions_out=predictions,
+                depth=depth,
+                progress=progress,
             )
         )
     return EvaluationReport(log.name, window_seconds, windows, reports)

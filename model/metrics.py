@@ -56,9 +56,7 @@ def build_targets(
     return targets
 
 
-def pair_metrics(
-    ranking: Sequence[str], relevant: frozenset[str], k: int
-) -> tuple[float, float]:
+def pair_metrics(ranking: Sequence[str], relevant: frozenset[str], k: int) -> tuple[float, float]:
     """HR@k and NDCG@k of one ranking against one user's relevant set.
 
     >>> pair_metrics(["a", "b", "c"], frozenset({"c", "z"}), k=3)

@@ -39,6 +39,4 @@ def scorer_factory(name: str, settings: Settings) -> Callable[[], Scorer]:
         from model.scorer import language_model_scorer_factory
 
         return language_model_scorer_factory(name, settings)
-    raise UnknownScorerError(
-        f"unknown scorer {name!r}; choose one of: {', '.join(SCORER_NAMES)}"
-    )
+    raise UnknownScorerError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORER_NAMES)}")

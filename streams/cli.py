@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.datasets import EventLog
+    from streams.scoring import Scorer
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,9 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
-    values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)  # type: ignore[arg-type]
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the flags that were given on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +47,20 @@ def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="rank (and run expensive scorers) only for the last N complete windows",
     )
     parser.add_argument("--adapter", type=Path, default=None, help="TRAIL adapter folder")
-    parser.add_argument("--model", dest="model_dir", type=Path, default=None,
-                        help="exported ONNX model folder for the TRAIL scorer")
+    parser.add_argument(
+        "--model",
+        dest="model_dir",
+        type=Path,
+        default=None,
+        help="exported ONNX model folder for the TRAIL scorer",
+    )
     parser.add_argument("--base-model", default=None, help="base LM: HF id or local path")
-    parser.add_argument("--rescore-top", type=int, default=None,
-                        help="items the cheap ranker passes to the LM per window (M)")
+    parser.add_argument(
+        "--rescore-top",
+        type=int,
+        default=None,
+        help="items the cheap ranker passes to the LM per window (M)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -54,24 +68,43 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     _common_replay_arguments(parser)
     if command == "replay":
         parser.add_argument("--scorer", default="river", help="scorer name (default river)")
-        parser.add_argument("--predictions-out", type=Path, default=None,
-                            help="JSON lines {window_end, ranking} per evaluated window")
-        parser.add_argument("--scores-out", type=Path, default=None,
-                            help="JSON lines of every ScoreUpdate")
-        parser.add_argument("--snapshots-out", type=Path, default=None,
-                            help="folder for Parquet retraining snapshots, one per window")
-        parser.add_argument("--print-top", type=int, default=5,
-                            help="print each window's top N (0 = quiet)")
-        parser.add_argument("--explain-top", type=int, default=None,
-                            help="items explained per window (default 10)")
+        parser.add_argument(
+            "--predictions-out",
+            type=Path,
+            default=None,
+            help="JSON lines {window_end, ranking} per evaluated window",
+        )
+        parser.add_argument(
+            "--scores-out", type=Path, default=None, help="JSON lines of every ScoreUpdate"
+        )
+        parser.add_argument(
+            "--snapshots-out",
+            type=Path,
+            default=None,
+            help="folder for Parquet retraining snapshots, one per window",
+        )
+        parser.add_argument(
+            "--print-top", type=int, default=5, help="print each window's top N (0 = quiet)"
+        )
+        parser.add_argument(
+            "--explain-top", type=int, default=None, help="items explained per window (default 10)"
+        )
     else:
-        parser.add_argument("--scorer", action="append", default=None,
-                            help="scorer to evaluate (repeatable; default: every baseline)")
+        parser.add_argument(
+            "--scorer",
+            action="append",
+            default=None,
+            help="scorer to evaluate (repeatable; default: every baseline)",
+        )
         parser.add_argument("--json", type=Path, default=None, help="write results as JSON")
         parser.add_argument("--markdown", type=Path, default=None, help="write a Markdown table")
         parser.add_argument("--plot", type=Path, default=None, help="write a PNG of HR@10")
-        parser.add_argument("--predictions-dir", type=Path, default=None,
-                            help="write each scorer's predictions file here")
+        parser.add_argument(
+            "--predictions-dir",
+            type=Path,
+            default=None,
+            help="write each scorer's predictions file here",
+        )
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -79,7 +112,6 @@ def run(command: str, args: argparse.Namespace) -> int:
     from streams.datasets import DatasetError, load_events
 
     settings = _settings(
-        args,
         window=args.window or "7d",
         grace=args.grace,
         adapter=args.adapter,
@@ -105,20 +137,24 @@ def run(command: str, args: argparse.Namespace) -> int:
     return _evaluate(args, settings, log, factories)
 
 
-def _report_bad_rows(log: object) -> None:
-    bad = getattr(log, "bad_rows", ())
-    count = getattr(log, "bad_row_count", 0)
+def _report_bad_rows(log: EventLog) -> None:
+    bad = log.bad_rows
+    count = log.bad_row_count
     if not count:
         return
-    print(f"warning: skipped {count:,} malformed rows in {getattr(log, 'source', '')}",
-          file=sys.stderr)
+    print(
+        f"warning: skipped {count:,} malformed rows in {log.source}",
+        file=sys.stderr,
+    )
     for row in bad[:10]:
         print(f"  line {row.line}: {row.reason}", file=sys.stderr)
     if count > 10:
         print(f"  ... and {count - 10:,} more", file=sys.stderr)
 
 
-def _replay(args: argparse.Namespace, settings: Settings, log: object, make: object) -> int:
+def _replay(
+    args: argparse.Namespace, settings: Settings, log: EventLog, make: Callable[[], Scorer]
+) -> int:
     from streams.engine import Engine
     from streams.publish import (
         ConsolePrinter,
@@ -130,31 +166,44 @@ def _replay(args: argparse.Namespace, settings: Settings, log: object, make: obj
     from streams.replay import EvaluationWindows, replay
 
     config = settings.engine_config()
-    windows = EvaluationWindows.of(log.timestamps, config.trend.window.length,  # type: ignore[attr-defined]
-                                   args.test_windows)
+    windows = EvaluationWindows.of(
+        log.timestamps,
+        config.trend.window.length,
+        args.test_windows,
+    )
     publishers: list[Publisher] = []
     if args.print_top > 0:
         publishers.append(ConsolePrinter(top=args.print_top))
     if args.predictions_out is not None:
-        publishers.append(PredictionsWriter(args.predictions_out, depth=config.ranking_depth,
-                                            first_window=windows.first, last_window=windows.last))
+        publishers.append(
+            PredictionsWriter(
+                args.predictions_out,
+                depth=config.ranking_depth,
+                first_window=windows.first,
+                last_window=windows.last,
+            )
+        )
     if args.scores_out is not None:
         publishers.append(ScoresWriter(args.scores_out))
     if args.snapshots_out is not None:
         publishers.append(SnapshotWriter(args.snapshots_out))
-    engine = Engine(config, make(), score_from_window=windows.first)  # type: ignore[operator]
-    summary = replay(log, engine, publishers, windows, progress=not args.no_progress)  # type: ignore[arg-type]
+    engine = Engine(config, make(), score_from_window=windows.first)
+    summary = replay(log, engine, publishers, windows, progress=not args.no_progress)
     print(f"\n{summary.describe()}", file=sys.stderr)
     return 0
 
 
-def _evaluate(args: argparse.Namespace, settings: Settings, log: object,
-              factories: list[tuple[str, object]]) -> int:
+def _evaluate(
+    args: argparse.Namespace,
+    settings: Settings,
+    log: EventLog,
+    factories: list[tuple[str, Callable[[], Scorer]]],
+) -> int:
     from model.evaluation import evaluate
 
     report = evaluate(
-        log,  # type: ignore[arg-type]
-        factories,  # type: ignore[arg-type]
+        log,
+        factories,
         settings.engine_config(),
         test_windows=8 if args.test_windows is None else args.test_windows,
         predictions_dir=args.predictions_dir,
