@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("streams.cli", "replay an event log through the engine, no broker"),
     "evaluate": ("streams.cli", "evaluate scorers on an event log (HR@K, NDCG@K, ...)"),
+    "widget": ("streams.widget", "serve the live trending page and embeddable widget (SSE)"),
+    "model": ("model.cli_model", "manage the base language model (fetch)"),
+    "train": ("model.cli_train", "fine-tune a TRAIL adapter on window snapshots"),
+    "worker": ("streams.worker", "run the Kafka worker: events -> engine -> scores, trending"),
+    "produce": ("streams.kafka_cli", "replay an event log into the events topic (Kafka)"),
+    "tail": ("streams.kafka_tail", "follow the scores, trending or dead-letter topic"),
 }
 
 
@@ -215,7 +221,8 @@ def _evaluate(
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(
         prog="trail",
         description="TRAIL: streaming trend scoring and explanation with a fine-tuned small LM",
@@ -223,17 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
+        sub.set_defaults(module=module_name)
+        if name != command:
+            continue
         if module_name == "streams.cli":
             add_arguments(name, sub)
         else:
-            module.add_arguments(sub)
-        sub.set_defaults(module=module_name)
+            importlib.import_module(module_name).add_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

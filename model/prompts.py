@@ -1,0 +1,166 @@
+"""The model's input text: an item's metadata and trend signals, compact and deterministic.
+
+The prompt is the model's whole view of an item, and its length sets the cost of every score
+(one forward pass per changed item per window), so it is short: about 64-100 SmolLM2 tokens.
+SmolLM2 tokenizes digits one by one, so numbers are rounded to about three significant digits.
+
+Nothing in the prompt identifies an item except its title and categories: no item id, no
+timestamp. The model can then only learn from what generalises (signals and metadata), never
+memorise an id's history, and a new item is described exactly like an old one.
+
+>>> from model.tiny import synthetic_features
+>>> import random
+>>> features = synthetic_features(random.Random(7), shape="rising", with_metadata=True)
+>>> print(build_prompt(features))  # doctest: +ELLIPSIS
+"..." [...]
+per ..., age ..., trend rising
+counts ..., total ...
+...
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from model.explain import clean_title, period_name
+from schemas.records import ItemFeatures
+
+#: The system turn of the chat prompt: what to do, in as few tokens as possible.
+SYSTEM_PROMPT = "Forecast next-window popularity; explain it with the numbers."
+
+#: At most this many categories are listed: the rest add tokens, not signal.
+MAX_CATEGORIES = 2
+#: At most this many recent counts (the newest) are listed.
+MAX_RECENT = 6
+
+
+def format_number(value: float, digits: int = 3) -> str:
+    """``digits`` significant digits (whole numbers from 100 up), no exponent or trailing zeros.
+
+    >>> [format_number(v) for v in (0, 3.0, 27.126, 1234.6, 0.04567, -2.5, 1e-9)]
+    ['0', '3', '27.1', '1235', '0.0457', '-2.5', '0']
+    >>> format_number(2.567, 2), format_number(0.0926, 2)
+    ('2.6', '0.093')
+    """
+    if not math.isfinite(value):
+        return "0"
+    magnitude = abs(value)
+    if magnitude < 5e-4:
+        return "0"
+    if magnitude >= 100:
+        return str(round(value))
+    decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _signed(value: float) -> str:
+    text = format_number(value, 2)
+    return text if text.startswith("-") or text == "0" else f"+{text}"
+
+
+def _window_name(seconds: int) -> str:
+    name = period_name(seconds)
+    if name != "window":
+        return name
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds}s"
+
+
+def build_prompt(features: ItemFeatures) -> str:
+    """Render an item's signals as the model's prompt.
+
+    Parameters
+    ----------
+    features
+        The item's signals at a window's close (metadata included when known).
+
+    Returns
+    -------
+    str
+        Five short lines: item (title, categories); window length, age and trend category;
+        recent counts (oldest first) and total; EW means and momentum; slope, acceleration,
+        burstiness, traffic share and category momentum. Counts keep three significant
+        digits, derived signals two (SmolLM2 spends a token per digit). The same features
+        always give the same string.
+
+    Examples
+    --------
+    >>> from schemas.records import ItemFeatures
+    >>> f = ItemFeatures(item_id="1", window_end=604800, window_seconds=604800, count=45.0,
+    ...     total=300.0, recent_counts=(10, 12, 15, 20, 30, 45), ew_1=35.0, ew_2=28.0,
+    ...     ew_4=20.0, ew_8=13.0, momentum=2.57, slope=6.8, accel=1.0, burstiness=0.1,
+    ...     age_windows=20, share=0.004, category_momentum=1.4, trend="rising",
+    ...     title="Toy Story (1995)", categories=("Animation", "Comedy"))
+    >>> print(build_prompt(f))
+    "Toy Story (1995)" [Animation, Comedy]
+    per week, age 20, trend rising
+    counts 10 12 15 20 30 45, total 300
+    EW h1/h4/h8 35/20/13, momentum 2.6x
+    slope +6.8, share 0.4%, genre momentum 1.4x
+    """
+    title = clean_title(features.title)
+    item = f'"{title}"' if title is not None else "untitled item"
+    categories = [" ".join(c.split())[:30] for c in features.categories if c.strip()]
+    if categories:
+        item += " [" + ", ".join(categories[:MAX_CATEGORIES]) + "]"
+    recent = features.recent_counts[-MAX_RECENT:] or (features.count,)
+    # h2 is left out: between h1 and h4 it adds tokens, not information.
+    ew = (features.ew_1, features.ew_4, features.ew_8)
+    signals = f"slope {_signed(features.slope)}, share {format_number(features.share * 100, 2)}%"
+    if features.category_momentum is not None:
+        signals += f", genre momentum {format_number(features.category_momentum, 2)}x"
+    return "\n".join(
+        (
+            item,
+            f"per {_window_name(features.window_seconds)}, age {features.age_windows}, "
+            f"trend {features.trend}",
+            f"counts {' '.join(format_number(c) for c in recent)}, "
+            f"total {format_number(features.total)}",
+            f"EW h1/h4/h8 {'/'.join(format_number(v, 2) for v in ew)}, "
+            f"momentum {format_number(features.momentum, 2)}x",
+            signals,
+        )
+    )
+
+
+def chat_messages(features: ItemFeatures, explanation: str | None = None) -> list[dict[str, str]]:
+    """The chat turns for one item: system instruction, prompt, and optionally the answer.
+
+    >>> from model.tiny import synthetic_features
+    >>> import random
+    >>> [m["role"] for m in chat_messages(synthetic_features(random.Random(0)), "Rising.")]
+    ['system', 'user', 'assistant']
+    """
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": build_prompt(features)},
+    ]
+    if explanation is not None:
+        messages.append({"role": "assistant", "content": explanation})
+    return messages
+
+
+def chat_prompt(tokenizer: Any, features: ItemFeatures) -> str:
+    """The prompt wrapped in the tokenizer's chat template, ending where the answer starts.
+
+    Parameters
+    ----------
+    tokenizer
+        A transformers tokenizer with a chat template (SmolLM2's ChatML, or the tiny test
+        tokenizer's copy of it).
+    features
+        The item's signals.
+
+    Returns
+    -------
+    str
+        Text to tokenize (without adding special tokens again): system turn, user turn with
+        :func:`build_prompt`, and the opening of the assistant turn.
+    """
+    text = tokenizer.apply_chat_template(
+        chat_messages(features), tokenize=False, add_generation_prompt=True
+    )
+    return str(text)

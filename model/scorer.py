@@ -1,0 +1,149 @@
+"""Language-model scorers behind the engine's Scorer protocol: TRAIL and the untuned base LM.
+
+Both run a cascade: the recency prior (``log1p`` of the one-window EW mean) scores every item
+seen so far, which is cheap and vectorised; only the ``rescore_top`` best go through the LM.
+The LM's scores are on the same scale as the prior, so the merged ranking needs no calibration.
+The cost of a window therefore grows with ``rescore_top`` and the number of explanations,
+never with the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from streams.scoring import Scorer
+from streams.settings import Settings
+from streams.trend.features import FeatureFrame
+
+FloatArray = npt.NDArray[np.float64]
+
+#: The adapter trained and committed with the project: the default of ``--scorer trail``.
+DEFAULT_ADAPTER = Path(__file__).resolve().parent / "adapters" / "trail-smollm2"
+
+_LEADING_NUMBER = re.compile(r"\s*(\d[\d,]*(?:\.\d+)?)")
+
+
+def prior_scores(features: FeatureFrame) -> FloatArray:
+    """The cascade's cheap ranker: ``log1p`` of the EW mean with a one-window half-life."""
+    return np.log1p(features.ew_at(1.0))
+
+
+def adapter_version(adapter_dir: Path) -> str:
+    """``trail@<first 10 hex of the adapter weights' sha256>``: changes with every retrain."""
+    digest = hashlib.sha256()
+    for name in ("adapter_model.safetensors", "score_head.pt", "trail_config.json"):
+        path = adapter_dir / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return f"trail@{digest.hexdigest()[:10]}"
+
+
+class TrailScorer:
+    """TRAIL (PyTorch): re-scores the prior's top ``rescore_top`` items and explains the best."""
+
+    name = "trail"
+    learns_online = False
+
+    def __init__(
+        self, adapter_dir: Path, *, base_model: str | None = None, rescore_top: int = 50
+    ) -> None:
+        from model.trail import TrailModel
+
+        self.adapter_dir = Path(adapter_dir)
+        self.model = TrailModel.load(self.adapter_dir, base_model=base_model)
+        self.rescore_top = rescore_top
+        self._version = adapter_version(self.adapter_dir)
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        scores = prior_scores(features)
+        top = np.argsort(-scores, kind="stable")[: self.rescore_top]
+        if top.size:
+            records = [features.record(int(p)) for p in top]
+            scores = scores.copy()
+            scores[top] = self.model.score(records)
+        return scores
+
+    def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
+        records = features.records()
+        return list(self.model.explain(records, [float(s) for s in scores]))
+
+    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+        return None
+
+
+class BaseLMScorer:
+    """The base LM without fine-tuning, zero-shot: it is asked for a forecast and a reason.
+
+    The answer is forced to open with ``Forecast: about`` so that its first number can be read
+    as the predicted next-window count; an answer without a number keeps the prior's score.
+    """
+
+    name = "base-lm"
+    learns_online = False
+
+    def __init__(self, *, base_model: str | None = None, rescore_top: int = 50) -> None:
+        from model.trail import TrailConfig, TrailModel
+
+        self.model = TrailModel.from_base(
+            TrailConfig(base_model=base_model or "smollm2-135m"), with_lora=False
+        )
+        self.model.eval()
+        self.rescore_top = rescore_top
+        self._answers: dict[str, str] = {}
+
+    @property
+    def version(self) -> str:
+        return f"base-lm@{self.model.config.base_model}"
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        scores = prior_scores(features).copy()
+        top = np.argsort(-scores, kind="stable")[: self.rescore_top]
+        records = [features.record(int(p)) for p in top]
+        opening = "Forecast: about "
+        answers = self.model.generate([self.model.prompt_text(r) + opening for r in records])
+        self._answers = {}
+        for position, record, answer in zip(top.tolist(), records, answers, strict=True):
+            self._answers[record.item_id] = opening + answer
+            number = _LEADING_NUMBER.match(answer)
+            if number is not None:
+                scores[position] = math.log1p(float(number.group(1).replace(",", "")))
+        return scores
+
+    def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
+        return [self._answers.get(str(item_id)) for item_id in features.item_ids]
+
+    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+        return None
+
+
+def language_model_scorer_factory(name: str, settings: Settings) -> Callable[[], Scorer]:
+    """Constructor of ``trail`` or ``base-lm`` as ``settings`` configure them."""
+    if name == "base-lm":
+        return lambda: BaseLMScorer(
+            base_model=settings.base_model, rescore_top=settings.rescore_top
+        )
+    if settings.model_dir is not None:
+        from export.runtime import OrtTrailScorer
+
+        model_dir = settings.model_dir
+        return lambda: OrtTrailScorer(model_dir, rescore_top=settings.rescore_top)
+    adapter = settings.adapter or DEFAULT_ADAPTER
+    if not (adapter / "trail_config.json").is_file():
+        raise FileNotFoundError(
+            f"no TRAIL adapter at {adapter}: train one with `trail train SNAPSHOTS --out DIR` "
+            "and pass --adapter DIR"
+        )
+    return lambda: TrailScorer(
+        adapter, base_model=settings.base_model, rescore_top=settings.rescore_top
+    )

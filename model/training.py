@@ -1,0 +1,403 @@
+"""Training TRAIL from window snapshots: a plain loop, in the spirit of nanoGPT.
+
+Data: the Parquet snapshots that ``trail replay --snapshots-out`` writes (features of every
+active item at a window's close and the realised count of the next window). Per window, the
+items the cascade would hand to the LM (the top M by the recency prior) become examples. The
+last ``holdout`` windows of every snapshot folder are never read (they are the evaluation
+windows); the ``val_windows`` before them are the validation set.
+
+Loss per step, over items drawn from a few windows at a time:
+  MSE(prior + residual, log1p(next count))
++ lm_weight   * NLL of the verbalized explanation (after the forced forecast)
++ rank_weight * pairwise logistic loss: within a window, the item that grew more scores higher
++ expl_weight * hinge: the faithful explanation is more likely than a perturbed one by a margin
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from model.explain import perturb, verbalize
+from model.trail import TrailConfig, TrailModel, forecast_sentence, prior_log_count
+from schemas import ItemFeatures, WindowSnapshotRow
+
+CHECKPOINT = "checkpoint.pt"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 6
+    windows_per_batch: int = 2
+    perturbed_per_batch: int = 1
+    lr: float = 3e-4
+    head_lr: float = 2e-3
+    warmup: int = 20
+    weight_decay: float = 0.0
+    lm_weight: float = 0.3
+    rank_weight: float = 0.5
+    expl_weight: float = 0.3
+    expl_margin: float = 1.0
+    rescore_top: int = 50
+    holdout: int = 8
+    val_windows: int = 2
+    eval_every: int = 50
+    checkpoint_every: int = 25
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    features: ItemFeatures
+    next_count: float
+    source: str
+
+    @property
+    def target(self) -> float:
+        return math.log1p(self.next_count)
+
+
+@dataclass
+class SnapshotSplit:
+    train: list[list[Example]]  # one list per window
+    validation: list[list[Example]]
+    description: dict[str, Any]
+
+
+def load_snapshot_windows(directory: Path) -> dict[int, list[WindowSnapshotRow]]:
+    """Rows of a snapshot folder, by window end, oldest first."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"snapshot folder {directory} does not exist")
+    files = sorted(directory.glob("window_end=*/*.parquet"))
+    if not files:
+        raise ValueError(f"snapshot folder {directory} holds no window_end=*/ Parquet files")
+    fields = set(WindowSnapshotRow.model_fields)
+    by_window: dict[int, list[WindowSnapshotRow]] = {}
+    # One file per window, read one by one: an all-null column in one window must not clash
+    # with the same column's type in another.
+    for path in files:
+        for record in pq.read_table(path).to_pylist():
+            row = WindowSnapshotRow.model_validate({k: v for k, v in record.items() if k in fields})
+            by_window.setdefault(row.window_end, []).append(row)
+    return dict(sorted(by_window.items()))
+
+
+def _examples(
+    rows: Sequence[WindowSnapshotRow], top: int, prior: str, source: str
+) -> list[Example]:
+    ranked = sorted(rows, key=lambda r: (-prior_log_count(r, prior), r.item_id))[:top]
+    features_fields = set(ItemFeatures.model_fields)
+    return [
+        Example(
+            ItemFeatures(**{k: v for k, v in r.model_dump().items() if k in features_fields}),
+            r.next_count,
+            source,
+        )
+        for r in ranked
+    ]
+
+
+def split_snapshots(directories: Sequence[Path], config: TrainConfig, prior: str) -> SnapshotSplit:
+    """Train and validation windows from each folder; its last ``holdout`` windows unread."""
+    train: list[list[Example]] = []
+    validation: list[list[Example]] = []
+    description: dict[str, Any] = {}
+    for directory in directories:
+        windows = load_snapshot_windows(directory)
+        ends = list(windows)
+        usable = ends[: max(0, len(ends) - config.holdout)]
+        if len(usable) <= config.val_windows:
+            raise ValueError(
+                f"{directory}: {len(ends)} windows leave too few for training after holding "
+                f"out {config.holdout} and validating on {config.val_windows}"
+            )
+        train_ends = usable[: -config.val_windows] if config.val_windows else usable
+        val_ends = usable[len(train_ends) :]
+        source = directory.name
+        train += [_examples(windows[e], config.rescore_top, prior, source) for e in train_ends]
+        validation += [_examples(windows[e], config.rescore_top, prior, source) for e in val_ends]
+        description[str(directory)] = {
+            "windows": len(ends),
+            "train_windows": [train_ends[0], train_ends[-1]] if train_ends else [],
+            "validation_windows": [val_ends[0], val_ends[-1]] if val_ends else [],
+            "held_out_windows": ends[len(usable) :] and [ends[len(usable)], ends[-1]],
+        }
+    train = [w for w in train if len(w) >= 2]
+    return SnapshotSplit(train, validation, description)
+
+
+def _ranking_metrics(predicted: np.ndarray, target: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Precision@k against the k items with the most next-window events, and pair accuracy."""
+    top_true = set(np.argsort(-target, kind="stable")[:k].tolist())
+    top_pred = set(np.argsort(-predicted, kind="stable")[:k].tolist())
+    differ = target[:, None] > target[None, :]
+    correct = (predicted[:, None] > predicted[None, :]) & differ
+    return {
+        "precision@10": len(top_true & top_pred) / max(1, min(k, len(target))),
+        "pair_accuracy": float(correct.sum() / max(1, differ.sum())),
+        "mse": float(np.mean((predicted - target) ** 2)),
+    }
+
+
+@torch.no_grad()
+def validate(model: TrailModel, windows: Sequence[Sequence[Example]]) -> dict[str, float]:
+    """Mean per-window metrics of the model and of its prior on held-out windows."""
+    model_metrics: list[dict[str, float]] = []
+    prior_metrics: list[dict[str, float]] = []
+    for window in windows:
+        if len(window) < 2:
+            continue
+        features = [e.features for e in window]
+        target = np.array([e.target for e in window])
+        predicted = model.score(features)
+        prior = np.array([prior_log_count(f, model.config.prior) for f in features])
+        model_metrics.append(_ranking_metrics(predicted, target))
+        prior_metrics.append(_ranking_metrics(prior, target))
+    result: dict[str, float] = {}
+    for name, metrics in (("val", model_metrics), ("prior", prior_metrics)):
+        for key in ("precision@10", "pair_accuracy", "mse"):
+            values = [m[key] for m in metrics]
+            result[f"{name}_{key}"] = float(np.mean(values)) if values else float("nan")
+    return result
+
+
+def _sample(split: SnapshotSplit, config: TrainConfig, rng: random.Random) -> list[list[Example]]:
+    per_window = max(2, config.batch_size // config.windows_per_batch)
+    groups = []
+    for window in rng.sample(split.train, k=min(config.windows_per_batch, len(split.train))):
+        groups.append(rng.sample(window, k=min(per_window, len(window))))
+    return groups
+
+
+def step_loss(
+    model: TrailModel, groups: list[list[Example]], config: TrainConfig, rng: random.Random
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one batch (items grouped by window) and its parts."""
+    examples = [e for group in groups for e in group]
+    prompts = [model.prompt_text(e.features) for e in examples]
+    forced = [forecast_sentence(e.features, e.target) for e in examples]
+    answers = [verbalize(e.features, e.target, variant=rng.randrange(1 << 30)) for e in examples]
+    residual, nll = model(model.encode(prompts, answers, forced))
+    if nll is None:
+        raise RuntimeError("a batch with answers must give their NLL")
+    prior = torch.tensor([prior_log_count(e.features, model.config.prior) for e in examples])
+    target = torch.tensor([e.target for e in examples])
+    predicted = prior + residual
+    mse = torch.mean((predicted - target) ** 2)
+
+    rank_terms = []
+    offset = 0
+    for group in groups:
+        size = len(group)
+        p = predicted[offset : offset + size]
+        t = target[offset : offset + size]
+        better = (t[:, None] - t[None, :]) > 0.1
+        if better.any():
+            rank_terms.append(torch.nn.functional.softplus(-(p[:, None] - p[None, :]))[better])
+        offset += size
+    rank = torch.cat(rank_terms).mean() if rank_terms else torch.zeros(())
+
+    chosen = rng.sample(range(len(examples)), k=min(config.perturbed_per_batch, len(examples)))
+    negatives = [perturb(answers[i], examples[i].features, rng) for i in chosen]
+    _, nll_negative = model(
+        model.encode([prompts[i] for i in chosen], negatives, [forced[i] for i in chosen])
+    )
+    if nll_negative is None:
+        raise RuntimeError("a batch with answers must give their NLL")
+    explanation = torch.relu(config.expl_margin - (nll_negative - nll[chosen])).mean()
+
+    loss = mse + config.lm_weight * nll.mean() + config.rank_weight * rank
+    loss = loss + config.expl_weight * explanation
+    parts = {
+        "loss": loss.item(),
+        "mse": mse.item(),
+        "lm": nll.mean().item(),
+        "rank": rank.item(),
+        "expl": explanation.item(),
+    }
+    return loss, parts
+
+
+def _learning_rate(step: int, config: TrainConfig, base: float) -> float:
+    if step < config.warmup:
+        return base * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(
+    snapshot_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    model_config: TrailConfig,
+    config: TrainConfig,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume training) a TRAIL adapter; returns the manifest it writes."""
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    split = split_snapshots(snapshot_dirs, config, model_config.prior)
+    if not split.train:
+        raise ValueError("no training windows with at least two items")
+    model = TrailModel.from_base(model_config)
+    trainable = [p for p in model.lm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": trainable, "lr": config.lr, "base_lr": config.lr},
+            {
+                "params": list(model.head.parameters()),
+                "lr": config.head_lr,
+                "base_lr": config.head_lr,
+            },
+        ],
+        weight_decay=config.weight_decay,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out_dir / CHECKPOINT
+    start_step = 0
+    history: list[dict[str, float]] = []
+    validations: list[dict[str, float]] = []
+    rng = random.Random(config.seed)  # noqa: S311 - reproducible sampling, not security
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        _load_trainable(model, state["trainable"])
+        model.head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        history = state["history"]
+        validations = state["validations"]
+        rng.setstate(_as_rng_state(state["rng"]))
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming from step {start_step} ({checkpoint_path})")
+
+    started = time.perf_counter()
+    bar = tqdm(
+        range(start_step, config.steps),
+        initial=start_step,
+        total=config.steps,
+        disable=not progress,
+        desc="train",
+        unit="step",
+    )
+    for step in bar:
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, config, group["base_lr"])
+        loss, parts = step_loss(model, _sample(split, config, rng), config, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], 1.0
+        )
+        optimizer.step()
+        history.append({"step": step + 1, **parts})
+        bar.set_postfix(
+            loss=f"{parts['loss']:.3f}", mse=f"{parts['mse']:.3f}", lm=f"{parts['lm']:.2f}"
+        )
+        done = step + 1
+        if split.validation and (done % config.eval_every == 0 or done == config.steps):
+            metrics = {"step": done, **validate(model, split.validation)}
+            validations.append(metrics)
+            tqdm.write(
+                f"step {done}: val precision@10 {metrics['val_precision@10']:.3f} "
+                f"(prior {metrics['prior_precision@10']:.3f}), val mse {metrics['val_mse']:.3f} "
+                f"(prior {metrics['prior_mse']:.3f})"
+            )
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            _save_checkpoint(checkpoint_path, model, optimizer, done, history, validations, rng)
+    bar.close()
+
+    model.save(out_dir)
+    manifest = {
+        "format": "trail-manifest@1",
+        "model": model_config.to_json(),
+        "training": asdict(config),
+        "data": split.description,
+        "examples": {
+            "train": sum(len(w) for w in split.train),
+            "validation": sum(len(w) for w in split.validation),
+        },
+        "steps": config.steps,
+        "final_loss": _mean_tail(history, "loss"),
+        "final_parts": {k: _mean_tail(history, k) for k in ("mse", "lm", "rank", "expl")},
+        "validation": validations[-1] if validations else {},
+        "validation_history": validations,
+        "seconds_this_run": round(time.perf_counter() - started, 1),
+        "versions": _versions(),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def _mean_tail(history: list[dict[str, float]], key: str, n: int = 20) -> float:
+    values = [h[key] for h in history[-n:] if key in h]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _trainable_state(model: TrailModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.lm.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model: TrailModel, state: dict[str, torch.Tensor]) -> None:
+    parameters = dict(model.lm.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            parameters[name].copy_(value)
+
+
+def _as_rng_state(state: Any) -> tuple[Any, ...]:
+    # JSON-free round trip of random.Random's state (torch.save keeps tuples as lists).
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _save_checkpoint(
+    path: Path,
+    model: TrailModel,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    history: list[dict[str, float]],
+    validations: list[dict[str, float]],
+    rng: random.Random,
+) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "trainable": _trainable_state(model),
+            "head": model.head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "history": history,
+            "validations": validations,
+            "rng": rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        temporary,
+    )
+    temporary.replace(path)
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }

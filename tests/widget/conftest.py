@@ -1,0 +1,288 @@
+"""Fixtures for the widget tests: a widget server in a subprocess and headless Chromium.
+
+``widget_server(*args)`` starts ``python -m streams.cli widget --port 0 ARGS`` and returns a
+:class:`WidgetProcess` once ``/healthz`` answers; every server is stopped after the test.
+``browser`` is one headless Debian Chromium (``/usr/bin/chromium``, or ``$TRAIL_CHROMIUM``)
+per session, driven by Playwright's sync API; tests that need it are skipped with a clear
+message when it is missing (``apt-get install chromium``). Never ``playwright install``.
+
+``kafka_bootstrap`` is the fixture of ``tests/kafka/conftest.py``, loaded from its file
+(``tests`` is not an importable package here), so the widget's Kafka test uses the same
+private broker script. Note: a session that collects both folders starts one broker per
+folder (session fixtures are per conftest); hoisting the Kafka fixtures into a top-level
+``tests/conftest.py`` would share one. ``widget_topics`` replaces ``kafka_topic_factory``,
+whose ``asyncio.run`` fails while a Playwright browser is alive in the same thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "out" / "widget"
+CHROMIUM = os.environ.get("TRAIL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+START_TIMEOUT_S = 60.0
+
+
+def _load_kafka_fixtures() -> Any:
+    path = REPO_ROOT / "tests" / "kafka" / "conftest.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("_trail_kafka_fixtures", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_kafka = _load_kafka_fixtures()
+if _kafka is not None:
+    kafka_script_env = _kafka.kafka_script_env
+    kafka_bootstrap = _kafka.kafka_bootstrap
+
+
+def run_async(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``asyncio.run(function(*args))`` in a worker thread.
+
+    Playwright's sync API keeps an event loop running on the main thread for as long as the
+    browser lives, so ``asyncio.run`` there fails ("cannot be called from a running event
+    loop"); a fresh thread has no loop.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(function(*args))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+@pytest.fixture
+def widget_topics(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Like ``kafka_topic_factory`` of tests/kafka, but safe beside a Playwright browser."""
+    if _kafka is None:
+        pytest.skip("tests/kafka/conftest.py is missing")
+    created: list[str] = []
+
+    def create(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        run_async(_kafka._create_topic, kafka_bootstrap, name, partitions, 30.0)
+        created.append(name)
+        return name
+
+    yield create
+    if created:
+        try:
+            run_async(_kafka._delete_topics, kafka_bootstrap, created)
+        except Exception as exc:  # best effort: the broker's data dir is thrown away anyway
+            sys.stderr.write(f"[widget] could not delete topics {created}: {exc}\n")
+
+
+@dataclass
+class WidgetProcess:
+    url: str
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def get_json(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def publish(self, kind: str, record: dict[str, Any]) -> Any:
+        request = urllib.request.Request(  # noqa: S310
+            f"{self.url}/api/publish/{kind}",
+            data=json.dumps(record).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def log(self) -> str:
+        return "".join(self.output[-200:])
+
+
+def _pump(stream: Any, sink: list[str], ready: threading.Event, found: list[str]) -> None:
+    for line in stream:
+        sink.append(line)
+        if line.startswith("TRAIL_WIDGET_URL=") and not found:
+            found.append(line.split("=", 1)[1].strip())
+            ready.set()
+    ready.set()
+
+
+def start_widget(*args: str, env: dict[str, str] | None = None) -> WidgetProcess:
+    command = [sys.executable, "-m", "streams.cli", "widget", "--port", "0", *args]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    found: list[str] = []
+    ready = threading.Event()
+    threading.Thread(target=_pump, args=(process.stdout, output, ready, found), daemon=True).start()
+    ready.wait(START_TIMEOUT_S)
+    if not found:
+        stop_widget(process)
+        raise RuntimeError("widget did not start:\n" + "".join(output))
+    server = WidgetProcess(found[0], process, output)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            server.get_json("/healthz")
+            return server
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop_widget(process)
+                raise RuntimeError("widget did not answer /healthz:\n" + server.log()) from None
+            time.sleep(0.1)
+
+
+def stop_widget(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def widget_server() -> Iterator[Callable[..., WidgetProcess]]:
+    started: list[WidgetProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WidgetProcess:
+        server = start_widget(*args, env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        stop_widget(server.process)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set TRAIL_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 900, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error"
+            else None
+        ),
+    )
+    page.problems = problems  # type: ignore[attr-defined]
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+class PageHelpers:
+    """Reads the first ``<trail-trending>`` of a page through its (open) shadow root."""
+
+    ROWS_JS = """() => {
+      const host = document.querySelector('trail-trending');
+      if (!host || !host.shadowRoot) return [];
+      return [...host.shadowRoot.querySelectorAll('li')].map((li) => ({
+        id: li.getAttribute('data-item-id'),
+        rank: Number(li.getAttribute('data-rank')),
+        change: li.getAttribute('data-change'),
+        badge: li.querySelector('.badge').textContent,
+        title: li.querySelector('.title').textContent,
+        explanation: li.querySelector('.explanation').textContent,
+        spark: li.querySelector('polyline').getAttribute('points') || '',
+      }));
+    }"""
+
+    def rows(self, page: Any) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = page.evaluate(self.ROWS_JS)
+        return rows
+
+    def wait_rows(self, page: Any, at_least: int) -> list[dict[str, Any]]:
+        page.wait_for_function(f"() => ({self.ROWS_JS})().length >= {at_least}")
+        return self.rows(page)
+
+    def settle(self, page: Any) -> None:
+        """Wait until the component's reorder and fade-in animations have finished."""
+        page.wait_for_function(
+            "() => document.querySelector('trail-trending').shadowRoot.getAnimations().length === 0"
+        )
+
+
+@pytest.fixture(scope="session")
+def ui() -> PageHelpers:
+    return PageHelpers()
+
+
+@pytest.fixture(scope="session")
+def in_thread() -> Callable[..., Any]:
+    """:func:`run_async` as a fixture (test modules here cannot import the conftest)."""
+    return run_async
