@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag,
             type=type(getattr(defaults, field.name)),
             default=getattr(defaults, field.name),
-            help=f"(default %(default)s)",
+            help="(default %(default)s)",
         )
 
 

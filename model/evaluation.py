@@ -9,6 +9,7 @@ the rankings a predictions file holds, so any independent harness gets the same 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,16 +102,25 @@ def _spearman(
     return float(np.mean(rhos)) if rhos else float("nan")
 
 
+#: The forced opening of LM explanations (the model's own forecast, true by construction); it
+#: is left out when judging what the LM itself wrote.
+_FORCED_FORECAST = re.compile(r"^Forecast: about [^.]*\.\s*")
+
+
 def _explanation_metrics(records: Mapping[int, WindowRecord]) -> dict[str, float]:
     explained = [e for r in records.values() for e in r.explained]
     if not explained:
         return {}
     from model.explain import check_explanation
 
-    checks = [check_explanation(text, feats, score) for feats, text, score in explained]
+    checks = [
+        check_explanation(_FORCED_FORECAST.sub("", text, count=1), feats, score)
+        for feats, text, score in explained
+    ]
     return {
         "faithfulness": float(np.mean([c.faithfulness for c in checks])),
         "contradiction_rate": float(np.mean([c.contradiction_rate for c in checks])),
+        "explanations_without_claims": float(np.mean([c.empty for c in checks])),
         "explanations": float(len(checks)),
     }
 
