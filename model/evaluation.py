@@ -107,6 +107,15 @@ def _spearman(
 _FORCED_FORECAST = re.compile(r"^Forecast: about [^.]*\.\s*")
 
 
+def lm_written_part(text: str) -> str:
+    """An explanation without its forced forecast sentence: what the LM itself wrote.
+
+    >>> lm_written_part("Forecast: about 4 events next week. It is rising.")
+    'It is rising.'
+    """
+    return _FORCED_FORECAST.sub("", text, count=1)
+
+
 def _explanation_metrics(records: Mapping[int, WindowRecord]) -> dict[str, float]:
     explained = [e for r in records.values() for e in r.explained]
     if not explained:
@@ -114,8 +123,7 @@ def _explanation_metrics(records: Mapping[int, WindowRecord]) -> dict[str, float
     from model.explain import check_explanation
 
     checks = [
-        check_explanation(_FORCED_FORECAST.sub("", text, count=1), feats, score)
-        for feats, text, score in explained
+        check_explanation(lm_written_part(text), feats, score) for feats, text, score in explained
     ]
     return {
         "faithfulness": float(np.mean([c.faithfulness for c in checks])),
@@ -147,6 +155,7 @@ def evaluate_scorer(
         )
     engine = Engine(config, scorer, score_from_window=windows.first)
     summary = replay(log, engine, publishers, windows, progress=progress)
+    guard = getattr(scorer, "guard", None)
     rankings = {end: record.ranking for end, record in collector.records.items()}
     pairs = score_pairs(rankings, targets, KS)
     metrics: dict[str, Any] = {}
@@ -181,6 +190,8 @@ def evaluate_scorer(
     metrics["HR@10_warm"] = warm_pairs.mean("HR", 10)
     metrics["pairs_warm"] = int(warm_pairs.hr[10].size)
     metrics.update(_explanation_metrics(collector.records))
+    if guard is not None:
+        metrics.update(guard.report())
     per_window = {
         int(end): float(pairs.hr[10][pairs.window_end == end].mean())
         for end in sorted(rankings)

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +46,51 @@ def adapter_version(adapter_dir: Path) -> str:
     return f"trail@{digest.hexdigest()[:10]}"
 
 
+class ExplanationGuard:
+    """Publishes an LM explanation only when the checker finds every claim in it true.
+
+    Anything else (a false or contradicting claim, or no checkable claim at all) is replaced by
+    the deterministic verbalizer's text for the same signals and score, so a consumer never
+    sees an explanation that disagrees with the numbers. What the LM wrote is still judged and
+    counted: ``raw_faithfulness`` and ``replaced`` say how often the guard had to step in.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.checked = 0
+        self.replaced = 0
+        self._faithfulness = 0.0
+        self._contradictions = 0.0
+
+    def apply(self, records: list[Any], scores: list[float], texts: list[str]) -> list[str]:
+        from model.evaluation import lm_written_part
+        from model.explain import check_explanation, verbalize
+        from model.trail import forecast_sentence
+
+        published = []
+        for record, score, text in zip(records, scores, texts, strict=True):
+            check = check_explanation(lm_written_part(text), record, score)
+            self.checked += 1
+            self._faithfulness += check.faithfulness
+            self._contradictions += check.contradiction_rate
+            trusted = not check.empty and check.true_claims == check.claims
+            if self.enabled and not trusted:
+                self.replaced += 1
+                text = forecast_sentence(record, score) + verbalize(record, score, variant=0)
+            published.append(text)
+        return published
+
+    def report(self) -> dict[str, float]:
+        """What the LM wrote, judged before the guard, and how often it was replaced."""
+        if not self.checked:
+            return {}
+        return {
+            "raw_faithfulness": self._faithfulness / self.checked,
+            "raw_contradiction_rate": self._contradictions / self.checked,
+            "guard_replaced": self.replaced / self.checked,
+        }
+
+
 class TrailScorer:
     """TRAIL (PyTorch): re-scores the prior's top ``rescore_top`` items and explains the best."""
 
@@ -52,13 +98,19 @@ class TrailScorer:
     learns_online = False
 
     def __init__(
-        self, adapter_dir: Path, *, base_model: str | None = None, rescore_top: int = 50
+        self,
+        adapter_dir: Path,
+        *,
+        base_model: str | None = None,
+        rescore_top: int = 50,
+        guard: bool = True,
     ) -> None:
         from model.trail import TrailModel
 
         self.adapter_dir = Path(adapter_dir)
         self.model = TrailModel.load(self.adapter_dir, base_model=base_model)
         self.rescore_top = rescore_top
+        self.guard = ExplanationGuard(guard)
         self._version = adapter_version(self.adapter_dir)
 
     @property
@@ -76,7 +128,8 @@ class TrailScorer:
 
     def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
         records = features.records()
-        return list(self.model.explain(records, [float(s) for s in scores]))
+        values = [float(s) for s in scores]
+        return list(self.guard.apply(records, values, self.model.explain(records, values)))
 
     def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
         return None
@@ -145,5 +198,8 @@ def language_model_scorer_factory(name: str, settings: Settings) -> Callable[[],
             "and pass --adapter DIR"
         )
     return lambda: TrailScorer(
-        adapter, base_model=settings.base_model, rescore_top=settings.rescore_top
+        adapter,
+        base_model=settings.base_model,
+        rescore_top=settings.rescore_top,
+        guard=settings.explanation_guard,
     )

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker", "run the Kafka worker: events -> engine -> scores, trending"),
     "produce": ("streams.kafka_cli", "replay an event log into the events topic (Kafka)"),
     "tail": ("streams.kafka_tail", "follow the scores, trending or dead-letter topic"),
+    "export": ("export.cli", "merge, export to ONNX, validate, write a manifest"),
 }
 
 
@@ -105,6 +106,14 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--json", type=Path, default=None, help="write results as JSON")
         parser.add_argument("--markdown", type=Path, default=None, help="write a Markdown table")
         parser.add_argument("--plot", type=Path, default=None, help="write a PNG of HR@10")
+        parser.add_argument(
+            "--with-sasrec",
+            action="store_true",
+            help="also train and evaluate SASRec, the personalized reference",
+        )
+        parser.add_argument(
+            "--sasrec-epochs", type=int, default=None, help="SASRec epochs (default 60)"
+        )
         parser.add_argument(
             "--predictions-dir",
             type=Path,
@@ -216,6 +225,22 @@ def _evaluate(
         depth=settings.ranking_depth,
         progress=not args.no_progress,
     )
+    if args.with_sasrec:
+        from dataclasses import replace
+
+        from model.sasrec import SasRecConfig, evaluate_sasrec
+
+        config = SasRecConfig()
+        if args.sasrec_epochs is not None:
+            config = replace(config, epochs=args.sasrec_epochs)
+        sasrec = evaluate_sasrec(
+            log,
+            settings.window_seconds,
+            test_windows=len(report.windows),
+            config=config,
+            progress=not args.no_progress,
+        )
+        report = replace(report, reports=[*report.reports, sasrec])
     print(report.markdown())
     report.write(args.json, args.markdown, args.plot)
     return 0

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Exported ONNX model folder to serve")
     adapter: Path | None = Field(None, description="TRAIL adapter folder (PyTorch scorer)")
     base_model: str | None = Field(None, description="Base LM: HF id or path; default SmolLM2")
+    explanation_guard: bool = Field(
+        True, description="Replace LM explanations the checker does not fully verify"
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir)
 
     # Kafka
@@ -58,6 +61,37 @@ class Settings(BaseSettings):
     ssl_cafile: Path | None = None
     batch_size: int = Field(10_000, ge=1, description="Events per engine batch in the worker")
     metrics_port: int = Field(9308, ge=0, le=65535, description="Prometheus port (0 = off)")
+    # Kafka worker (streams/worker.py)
+    items_source: str | None = Field(
+        None, description="Item metadata for the worker: a dataset name or a .inter path"
+    )
+    checkpoint_interval: str = Field(
+        "10s", description="Checkpoint a partition's state at least this often (and every close)"
+    )
+    checkpoint_records: int = Field(
+        200_000, ge=1, description="... or after this many records since its last checkpoint"
+    )
+    merge_idle_timeout: str = Field(
+        "60s", description="Trending merge: a partition idle this long does not hold windows back"
+    )
+    progress_interval: str = Field(
+        "1s", description="How often each partition reports its progress to the trending merge"
+    )
+    replication_factor: int = Field(
+        1, ge=1, description="Replication factor of the topics the worker creates"
+    )
+    session_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="Consumer group session timeout (a dead worker's partitions "
+        "move after this long)",
+    )
+
+    @field_validator("checkpoint_interval", "merge_idle_timeout", "progress_interval")
+    @classmethod
+    def _worker_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
 
     @field_validator("window", "grace")
     @classmethod
