@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Rebuild RESULTS.md: `trail evaluate` of every scorer (baselines, River, the untuned base LM,
+# TRAIL, and SASRec as the personalized reference) on the three datasets, last 8 windows.
+# Usage: bash scripts/results.sh [OUT_DIR]   (about half an hour on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-docs/results}
+mkdir -p "$out"
+scorers=(mostpop last-window ewma-1 ewma-2 ewma-4 linear-trend river base-lm trail)
+args=()
+for s in "${scorers[@]}"; do args+=(--scorer "$s"); done
+for spec in ml-100k:7d ml-1m:7d amazon-beauty:30d; do
+  name=${spec%%:*}
+  window=${spec##*:}
+  echo "== $name ($window windows)" >&2
+  .venv/bin/trail evaluate "$name" --window "$window" --test-windows 8 "${args[@]}" \
+    --with-sasrec --sasrec-epochs "${SASREC_EPOCHS:-30}" --no-progress \
+    --json "$out/$name.json" --markdown "$out/$name.md" --plot "$out/$name.png"
+done
+.venv/bin/python scripts/write_results.py "$out" > RESULTS.md
+echo "wrote RESULTS.md" >&2
