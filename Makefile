@@ -21,7 +21,7 @@ system-deps:
 	bash scripts/system-deps.sh
 
 demo: setup
-	$(BIN)/trail replay ml-100k --window 7d --scorer trail
+	$(BIN)/trail replay ml-100k --window 7d --scorer trail --print-top 5 --explain-top 5
 
 lint: setup
 	$(BIN)/ruff check .
