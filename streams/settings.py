@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     progress_interval: str = Field(
         "1s", description="How often each partition reports its progress to the trending merge"
     )
+    max_event_time_skew: str = Field(
+        "7d", description="Events this far ahead of the worker's clock are dead-lettered (0s: off)"
+    )
     replication_factor: int = Field(
         1, ge=1, description="Replication factor of the topics the worker creates"
     )
@@ -87,7 +90,9 @@ class Settings(BaseSettings):
         "move after this long)",
     )
 
-    @field_validator("checkpoint_interval", "merge_idle_timeout", "progress_interval")
+    @field_validator(
+        "checkpoint_interval", "merge_idle_timeout", "progress_interval", "max_event_time_skew"
+    )
     @classmethod
     def _worker_duration(cls, value: str) -> str:
         parse_duration(value)

@@ -423,6 +423,8 @@ class TrendState:
     def state_dict(self) -> dict[str, Any]:
         """The whole state as plain JSON-able data, tagged with :data:`STATE_VERSION`."""
         size = len(self.catalog)
+        # Metadata can register items after the last batch grew the arrays.
+        self._reserve(size)
         return {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),

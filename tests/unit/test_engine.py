@@ -127,3 +127,19 @@ def test_snapshots_carry_the_realised_next_count() -> None:
     assert snapshot is not None
     rows = {r.item_id: (r.count, r.next_count) for r in snapshot.rows()}
     assert rows == {"a": (2.0, 1.0), "b": (1.0, 3.0)}
+
+
+def test_state_round_trips_when_metadata_registered_more_items_than_seen() -> None:
+    from schemas import ItemMeta
+
+    engine = Engine(config(), LastWindow())
+    engine.add_metadata(
+        [ItemMeta(item_id=str(i), title=f"t{i}", categories=("Drama",)) for i in range(100)]
+    )
+    engine.ingest_ids(["1", "2"], np.array([1.0, DAY + 1]))
+    restored = TrendState.from_state_dict(orjson.loads(orjson.dumps(engine.state.state_dict())))
+    assert restored.catalog.ids == engine.state.catalog.ids
+    results = Engine(config(), LastWindow(), state=restored).ingest_ids(
+        ["3"], np.array([2 * DAY + 1])
+    )
+    assert results[0].ranking() == ["2", "1"]

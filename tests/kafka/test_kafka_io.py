@@ -1,0 +1,324 @@
+"""The Kafka glue's pure parts (fast encoder and decoder, dead-letter format, trending merge)
+and the changelog state store against the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+import orjson
+import pytest
+from kafka_support import ml100k, unique_settings
+
+from model.registry import scorer_factory
+from schemas import Event, RecordError, TrendingItem, TrendingSnapshot, decode, encode
+from streams.engine import Engine
+from streams.kafka_io import (
+    DLQ_MAX_VALUE_BYTES,
+    BatchSender,
+    DeadLetter,
+    dead_letter_record,
+    decode_events,
+    encode_score_updates,
+    read_dead_letter,
+)
+from streams.settings import Settings
+from streams.worker import StateStore, TrendingMerger, merge_trending
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.mark.parametrize(
+    ("scorer", "window", "metadata"),
+    [("ewma-2", "7d", True), ("linear-trend", "1d", True), ("river", "7d", False)],
+)
+def test_fast_score_encoding_is_byte_for_byte_the_schema_encoding(
+    scorer: str, window: str, metadata: bool
+) -> None:
+    log = ml100k(40_000)
+    settings = Settings(window=window, scorer=scorer)
+    engine = Engine(settings.engine_config(), scorer_factory(scorer, settings)())
+    if metadata:
+        engine.add_metadata(log.items.values())
+    results = engine.ingest_ids(log.item_ids, np.asarray(log.timestamps))
+    assert len(results) > 3
+    for result in results:
+        expected = [(u.item_id, encode(u)) for u in result.score_updates()]
+        assert encode_score_updates(result) == expected
+
+
+def _record(offset: int, key: bytes | None, value: bytes | None) -> SimpleNamespace:
+    return SimpleNamespace(offset=offset, key=key, value=value, timestamp=0)
+
+
+VALUES: list[dict[str, object] | bytes] = [
+    {"user_id": "u", "item_id": "42", "ts": 1700000000},
+    {"user_id": 7, "item_id": 42, "ts": 1700000000.5},
+    {"user_id": "u", "item_id": "42", "ts": 0},
+    {"user_id": "u", "item_id": "42", "ts": -1},
+    {"user_id": "u", "item_id": "42", "ts": "123"},
+    {"user_id": "u", "item_id": "42", "ts": "soon"},
+    {"user_id": "u", "item_id": "42", "ts": True},
+    {"user_id": "u", "item_id": "42", "ts": 2**60},
+    {"user_id": "u", "item_id": "42", "ts": 1, "weight": 2},
+    {"user_id": "u", "item_id": "42", "ts": 1, "weight": 0.5},
+    {"user_id": "u", "item_id": "42", "ts": 1, "weight": 0},
+    {"user_id": "u", "item_id": "42", "ts": 1, "weight": 2e6},
+    {"user_id": "u", "item_id": "42", "ts": 1, "weight": "2"},
+    {"user_id": "u", "item_id": "42", "ts": 1, "type": "view"},
+    {"user_id": "u", "item_id": "42", "ts": 1, "type": None},
+    {"user_id": "u", "item_id": "42", "ts": 1, "type": "x" * 65},
+    {"user_id": "u", "item_id": "42", "ts": 1, "type": 3},
+    {"user_id": "u", "item_id": "42", "ts": 1, "extra": 1},
+    {"user_id": "", "item_id": "42", "ts": 1},
+    {"user_id": "u" * 257, "item_id": "42", "ts": 1},
+    {"user_id": "u", "item_id": "4" * 256, "ts": 1},
+    {"user_id": "u", "item_id": True, "ts": 1},
+    b'{"user_id": "u", "item_id": 100000000000000000000, "ts": 1}',
+    b'{"user_id": "u", "item_id": "42", "ts": 1e400}',
+    b'{"user_id": "u", "item_id": "42", "ts": 1, "ts": 2}',
+    {"user_id": "u", "item_id": 4.0, "ts": 1},
+    {"user_id": None, "item_id": "42", "ts": 1},
+    {"item_id": "42", "ts": 1},
+    {"user_id": "u", "ts": 1},
+]
+
+
+def test_fast_decoding_accepts_exactly_what_the_schema_accepts() -> None:
+    for n, value in enumerate(VALUES):
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        try:
+            event: Event | None = decode(Event, raw)
+        except RecordError:
+            event = None
+        key = event.item_id.encode() if event else b"42"
+        decoded = decode_events([_record(n, key, raw)], "events", 0)
+        if event is None:
+            assert decoded.item_ids == [] and len(decoded.dead) == 1, value
+            assert decoded.dead[0].reason == _reason(raw), value
+        else:
+            assert decoded.item_ids == [event.item_id], value
+            assert decoded.timestamps.tolist() == [event.ts], value
+            weights = [1.0] if decoded.weights is None else decoded.weights.tolist()
+            assert weights == [event.weight], value
+
+
+def _reason(raw: bytes) -> str:
+    try:
+        decode(Event, raw)
+    except RecordError as exc:
+        return str(exc)
+    raise AssertionError("valid")
+
+
+def test_decoding_keys_values_and_sizes() -> None:
+    good = orjson.dumps({"user_id": "u", "item_id": "42", "ts": 5})
+    records = [
+        _record(0, b"42", good),
+        _record(1, None, good),
+        _record(2, b"41", good),
+        _record(3, b"42", None),
+        _record(4, b"42", b"x" * 70_000),
+        _record(5, b"42", b"{nope"),
+        _record(6, b"42", good),
+    ]
+    decoded = decode_events(records, "events", 2)
+    assert decoded.item_ids == ["42", "42"]
+    assert [r.offset for r in decoded.records] == [0, 6]
+    assert [(d.offset, d.category) for d in decoded.dead] == [
+        (1, "missing_key"),
+        (2, "key_mismatch"),
+        (3, "missing_value"),
+        (4, "too_large"),
+        (5, "bad_json"),
+    ]
+    assert all(d.partition == 2 and d.topic == "events" for d in decoded.dead)
+
+
+def test_dead_letter_record_round_trip() -> None:
+    letter = DeadLetter(
+        "malformed", "bad_json", "Event: not valid JSON", "ev", 3, 17, 99, b"k", b"\xff" * 10
+    )
+    key, value, headers = dead_letter_record(letter, "w1")
+    back = read_dead_letter(SimpleNamespace(key=key, value=value, headers=headers))
+    assert (back.kind, back.category, back.reason, back.source) == (
+        "malformed",
+        "bad_json",
+        "Event: not valid JSON",
+        ("ev", 3, 17),
+    )
+    assert back.value == b"\xff" * 10 and back.truncated_from is None
+    huge = dataclasses.replace(letter, value=b"y" * (DLQ_MAX_VALUE_BYTES + 5))
+    key, value, headers = dead_letter_record(huge, "w1")
+    back = read_dead_letter(SimpleNamespace(key=key, value=value, headers=headers))
+    assert len(value) == DLQ_MAX_VALUE_BYTES and back.truncated_from == DLQ_MAX_VALUE_BYTES + 5
+    null = dataclasses.replace(letter, value=None)
+    key, value, headers = dead_letter_record(null, "w1")
+    assert read_dead_letter(SimpleNamespace(key=key, value=value, headers=headers)).value is None
+
+
+def _snapshot(end: int, items: list[tuple[str, float]], model: str = "m@1") -> TrendingSnapshot:
+    return TrendingSnapshot(
+        window_start=end - 10,
+        window_end=end,
+        model_version=model,
+        items=tuple(
+            TrendingItem(item_id=i, rank=r, score=s) for r, (i, s) in enumerate(items, start=1)
+        ),
+        changed_items=len(items),
+        events=float(len(items)),
+    )
+
+
+def test_merge_trending_ranks_by_score_then_numeric_id() -> None:
+    merged = merge_trending(
+        [_snapshot(10, [("10", 2.0), ("3", 1.0)]), _snapshot(10, [("9", 2.0), ("4", 1.5)])], 3
+    )
+    assert [(i.item_id, i.rank) for i in merged.items] == [("9", 1), ("10", 2), ("4", 3)]
+    assert merged.changed_items == 4 and merged.events == 4.0
+
+
+def _partial(offset: int, partition: int, index: int, items: list[tuple[str, float]]) -> object:
+    value = {
+        "kind": "window",
+        "partition": partition,
+        "partitions": 2,
+        "window_index": index,
+        "snapshot": _snapshot((index + 1) * 10, items).model_dump(mode="json"),
+    }
+    return SimpleNamespace(offset=offset, value=orjson.dumps(value))
+
+
+def _progress(offset: int, partition: int, closed: int | None, idle: float) -> object:
+    value = {
+        "kind": "progress",
+        "partition": partition,
+        "partitions": 2,
+        "closed_through": closed,
+        "idle_s": idle,
+    }
+    return SimpleNamespace(offset=offset, value=orjson.dumps(value))
+
+
+def test_trending_merger_waits_for_every_partition_then_publishes_in_order() -> None:
+    merger = TrendingMerger(top_n=5, idle_timeout=30.0)
+    merger.feed([_partial(0, 0, 1, [("a", 1.0)]), _partial(1, 0, 2, [("b", 1.0)])])
+    assert merger.ready() == [] and merger.commit_offset() == 0
+    merger.feed([_partial(2, 1, 1, [("c", 2.0)])])
+    published = merger.ready()
+    assert [s.window_end for s in published] == [20]
+    assert [i.item_id for i in published[0].items] == ["c", "a"]
+    assert merger.commit_offset() == 1  # window 2's partial from partition 0 is still pending
+    # Partition 1 closed past window 2 without data in it: window 2 goes out without it.
+    merger.feed([_progress(3, 1, 3, 0.0)])
+    assert [s.window_end for s in merger.ready()] == [30]
+    assert merger.commit_offset() == 4
+    # A repeat of an already published window is ignored.
+    merger.feed([_partial(4, 1, 1, [("c", 2.0)])])
+    assert merger.ready() == [] and merger.pending == {}
+
+
+def test_trending_merger_does_not_wait_for_an_idle_partition() -> None:
+    merger = TrendingMerger(top_n=5, idle_timeout=30.0)
+    merger.feed([_partial(0, 0, 5, [("a", 1.0)]), _progress(1, 1, None, 5.0)])
+    assert merger.ready() == []
+    merger.feed([_progress(2, 1, None, 31.0)])
+    assert [s.window_end for s in merger.ready(time.monotonic())] == [60]
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 1 << 20])
+def test_state_store_round_trip_in_chunks_and_generations(
+    kafka_bootstrap: str,
+    kafka_topic_factory: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    chunk_bytes: int,
+) -> None:
+    import streams.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "CHUNK_BYTES", chunk_bytes)
+    topic = kafka_topic_factory(partitions=2, prefix="changelog")
+    settings = unique_settings(kafka_bootstrap, "store")
+
+    async def scenario() -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            sender = BatchSender(producer)
+            store = StateStore(settings, topic)
+            assert await store.load([0, 1]) == {0: None, 1: None}
+            payloads = [{"n": n, "blob": list(range(n * 50))} for n in range(1, 4)]
+            for n, payload in enumerate(payloads):
+                store.save(sender, 1, 100 + n, payload)
+                await sender.flush()
+            fresh = StateStore(settings, topic)
+            loaded = await fresh.load([0, 1])
+            assert loaded[0] is None
+            assert loaded[1] is not None
+            assert (loaded[1].offset, loaded[1].payload) == (102, payloads[-1])
+            # The next save by the new owner continues the generations and tombstones the old.
+            fresh.save(sender, 1, 103, {"n": 4})
+            await sender.flush()
+            again = await StateStore(settings, topic).load([1])
+            assert again[1] is not None and again[1].payload == {"n": 4}
+            # A zombie (a stale owner still writing after a rebalance) and the new owner write
+            # interleaved: the header that lands last wins, with its own chunks intact.
+            zombie, owner = StateStore(settings, topic), StateStore(settings, topic)
+            await zombie.load([1])
+            await owner.load([1])
+            big = {"blob": list(range(400))}
+            z_records, _ = zombie.records(1, 200, {**big, "who": "zombie"})
+            o_records, _ = owner.records(1, 300, {**big, "who": "owner"})
+            header_at = next(i for i, (key, _) in enumerate(o_records) if key == b"1")
+            interleaved = o_records[:header_at] + z_records + o_records[header_at:]
+            for key, value in interleaved:
+                sender.add(topic, 1, key, value)
+            await sender.flush()
+            final = await StateStore(settings, topic).load([1])
+            assert final[1] is not None
+            assert (final[1].offset, final[1].payload["who"]) == (300, "owner")
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())
+
+
+def test_batch_sender_keeps_order_across_batches(
+    kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
+) -> None:
+    topic = kafka_topic_factory(partitions=2, prefix="sender")
+
+    async def scenario() -> list[bytes]:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_batch_size=4096)
+        await producer.start()
+        try:
+            sender = BatchSender(producer)
+            for i in range(3000):
+                sender.add(topic, 1, b"k", str(i).encode(), [("h", b"v")])
+            assert await sender.flush() == 3000
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        values: list[bytes] = []
+        try:
+            while len(values) < 3000:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    values.extend(r.value for r in records)
+        finally:
+            await consumer.stop()
+        return values
+
+    values = asyncio.run(scenario())
+    assert values == [str(i).encode() for i in range(3000)]
+    assert list(itertools.islice(values, 2)) == [b"0", b"1"]
