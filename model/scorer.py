@@ -187,10 +187,14 @@ def language_model_scorer_factory(name: str, settings: Settings) -> Callable[[],
             base_model=settings.base_model, rescore_top=settings.rescore_top
         )
     if settings.model_dir is not None:
-        from export.runtime import OrtTrailScorer
+        # A folder of exports (or one export): the newest valid one serves, and a newer one is
+        # picked up between windows without a restart.
+        from export.runtime import ReloadingScorer
 
         model_dir = settings.model_dir
-        return lambda: OrtTrailScorer(model_dir, rescore_top=settings.rescore_top)
+        return lambda: ReloadingScorer(
+            model_dir, rescore_top=settings.rescore_top, guard=settings.explanation_guard
+        )
     adapter = settings.adapter or DEFAULT_ADAPTER
     if not (adapter / "trail_config.json").is_file():
         raise FileNotFoundError(

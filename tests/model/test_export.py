@@ -1,0 +1,321 @@
+"""ONNX export and ORT runtime on a tiny random Llama: merge, export, validate, serve, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.onnx_export import export_model, validation_features, write_manifest
+from export.runtime import (
+    CPU,
+    MANIFEST_FILE,
+    ModelLoadError,
+    OrtTrailModel,
+    OrtTrailScorer,
+    ReloadingScorer,
+    forecast_sentence,
+    prior_log_count,
+)
+from model.scorer import TrailScorer
+from model.tiny import build_tiny_model
+from model.trail import TrailConfig, TrailModel
+from model.trail import forecast_sentence as torch_forecast_sentence
+from model.trail import prior_log_count as torch_prior_log_count
+from streams.cli import main as trail
+from streams.engine import Engine, EngineConfig, WindowResult
+from streams.trend.state import TrendConfig
+from streams.trend.windows import WindowSpec
+
+DAY = 86_400
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from threads; on a loaded host two made PyTorch's
+    generation a hundred times slower (27 s instead of 0.3 s for five explanations)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TRAIL adapter on the tiny model whose LoRA and head are not zero (as if trained)."""
+    base = build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    torch.manual_seed(0)
+    model = TrailModel.from_base(TrailConfig(base_model=str(base), lora_top_fraction=1.0))
+    with torch.no_grad():
+        for name, parameter in model.lm.named_parameters():
+            if "lora_B" in name:  # zero at initialisation: the merge would change nothing
+                parameter.normal_(0.0, 0.05)
+        model.head.proj.weight.normal_(0.0, 0.1)
+        model.head.proj.bias.fill_(0.1)
+    out = tmp_path_factory.mktemp("adapter")
+    model.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "v1"
+    manifest = export_model(adapter, out, prompts=6, log=lambda message: None)
+    assert manifest["status"] == "ok", manifest["validation"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_model(adapter: Path) -> TrailModel:
+    return TrailModel.load(adapter)
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small log with rising and falling items: 120 days, 12 items."""
+    folder = tmp_path_factory.mktemp("log")
+    rng = np.random.default_rng(0)
+    lines = ["user_id,item_id,timestamp"]
+    for day in range(120):
+        for item in range(12):
+            rate = 1 + (item % 4) * (day / 30 if item < 6 else (120 - day) / 30)
+            for _ in range(rng.poisson(rate)):
+                lines.append(f"u{rng.integers(50)},{item},{day * DAY + int(rng.integers(DAY))}")
+    path = folder / "events.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_manifest_records_validation_versions_and_hashes(exported: Path, adapter: Path) -> None:
+    manifest = json.loads((exported / MANIFEST_FILE).read_text())
+    validation = manifest["validation"]
+    assert validation["score_max_abs_diff"] < 1e-4
+    assert validation["greedy_tokens_identical"] is True
+    assert validation["prompts_checked"] == 6
+    assert manifest["opset"] == 18
+    assert manifest["version"].startswith("trail@") and manifest["version"].endswith("+onnx")
+    assert manifest["adapter"]["version"] in manifest["version"]
+    assert manifest["prior"] == "ewma-1"
+    for library in ("torch", "transformers", "peft", "optimum", "onnx", "onnxruntime"):
+        assert manifest["versions"][library]
+    assert {"scorer.onnx", "generator/model.onnx", "tokenizer/tokenizer.json"} <= set(
+        manifest["files"]
+    )
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
+
+
+def test_scorer_and_generator_match_pytorch(exported: Path, torch_model: TrailModel) -> None:
+    runtime = OrtTrailModel(exported, providers=[CPU])
+    assert runtime.provider == CPU
+    # Fresh prompts (not the validation ones), odd count so that buckets are uneven.
+    features = validation_features(11, seed=7)
+    prompts = [torch_model.prompt_text(f) for f in features]
+    with torch.no_grad():
+        reference, _ = torch_model.forward(torch_model.encode(prompts))
+    residual = runtime.residuals(prompts, batch_size=4)
+    assert np.abs(residual - reference.numpy()).max() < 1e-4
+    assert np.abs(residual).max() > 0.01  # the head is not zero: the check means something
+    np.testing.assert_allclose(runtime.score(features), torch_model.score(features), atol=1e-4)
+
+    scores = [float(s) for s in torch_model.score(features[:5])]
+    assert runtime.explain(features[:5], scores) == torch_model.explain(features[:5], scores)
+
+
+def test_io_binding_path_matches_plain_runs(exported: Path) -> None:
+    """IO binding (the CUDA path) run on the CPU gives the same numbers as plain runs."""
+    plain = OrtTrailModel(exported, providers=[CPU], io_binding=False, verify=False)
+    bound = OrtTrailModel(exported, providers=[CPU], io_binding=True, verify=False)
+    features = validation_features(5, seed=3)
+    prompts = [plain.prompt_text(f) for f in features]
+    np.testing.assert_array_equal(plain.residuals(prompts), bound.residuals(prompts))
+    assert plain.generate_ids(prompts, max_new_tokens=8) == bound.generate_ids(
+        prompts, max_new_tokens=8
+    )
+
+
+def test_runtime_text_helpers_match_the_model_module() -> None:
+    rng = random.Random(4)
+    for features in validation_features(10, seed=rng.randint(0, 1000)):
+        for prior in ("ewma-1", "last-window"):
+            assert prior_log_count(features, prior) == torch_prior_log_count(features, prior)
+        score = rng.uniform(0.0, 8.0)
+        assert forecast_sentence(features, score) == torch_forecast_sentence(features, score)
+
+
+def _copy(exported: Path, to: Path) -> Path:
+    shutil.copytree(exported, to)
+    return to
+
+
+def test_missing_corrupt_and_mismatched_exports_are_clear_errors(
+    exported: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelLoadError, match="no exported model"):
+        OrtTrailScorer(tmp_path / "nothing")
+
+    corrupt = _copy(exported, tmp_path / "corrupt")
+    data = bytearray((corrupt / "scorer.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    (corrupt / "scorer.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="scorer.onnx does not match its sha256"):
+        OrtTrailScorer(corrupt)
+
+    truncated = _copy(exported, tmp_path / "truncated")
+    path = truncated / "generator" / "model.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="truncated or replaced"):
+        OrtTrailScorer(truncated)
+
+    missing = _copy(exported, tmp_path / "missing")
+    (missing / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match="tokenizer.json is missing"):
+        OrtTrailScorer(missing)
+
+    other = _copy(exported, tmp_path / "other-format")
+    manifest = json.loads((other / MANIFEST_FILE).read_text())
+    (other / MANIFEST_FILE).write_text(json.dumps({**manifest, "format": "trail-onnx@0"}))
+    with pytest.raises(ModelLoadError, match="re-export"):
+        OrtTrailScorer(other)
+
+    no_manifest = _copy(exported, tmp_path / "no-manifest")
+    (no_manifest / MANIFEST_FILE).unlink()
+    with pytest.raises(ModelLoadError, match="manifest.json is missing"):
+        OrtTrailScorer(no_manifest)
+
+
+def test_failed_validation_exits_non_zero_and_is_not_served(
+    adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "failed"
+    # No export can be closer than -1 to PyTorch: the command must fail with its numbers.
+    code = trail(
+        ["export", str(adapter), "--out", str(out), "--max-abs-diff", "-1", "--prompts", "2"]
+    )
+    assert code == 1
+    assert "FAILED validation: score max abs diff" in capsys.readouterr().err
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["validation"]["passed"] is False
+    with pytest.raises(ModelLoadError, match="failed its validation"):
+        OrtTrailScorer(out)
+
+
+def test_export_without_adapter_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert trail(["export", str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
+    assert "no TRAIL adapter" in capsys.readouterr().err
+
+
+def _newer_copy(exported: Path, to: Path, version: str, created_at: str) -> Path:
+    """A copy of ``exported`` that claims to be another, newer version (manifest rewritten)."""
+    _copy(exported, to)
+    manifest = json.loads((to / MANIFEST_FILE).read_text())
+    manifest.pop("files")
+    write_manifest(to, {**manifest, "version": version, "created_at": created_at})
+    return to
+
+
+def _engine_events(events: Path) -> tuple[list[str], np.ndarray]:
+    rows = [line.split(",") for line in events.read_text().splitlines()[1:]]
+    rows.sort(key=lambda r: int(r[2]))
+    return [r[1] for r in rows], np.array([float(r[2]) for r in rows])
+
+
+def test_reloading_scorer_swaps_exports_between_windows(
+    exported: Path, events: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    _copy(exported, folder / "v1")
+    scorer = ReloadingScorer(folder, rescore_top=4, providers=[CPU])
+    first = scorer.version
+    assert scorer.provider == CPU
+    engine = Engine(EngineConfig(TrendConfig(WindowSpec(7 * DAY)), explain_top=1), scorer)
+    items, timestamps = _engine_events(events)
+    cut = [int(np.searchsorted(timestamps, day * DAY)) for day in (40, 60, 80, len(items))]
+
+    def versions(results: list[WindowResult]) -> set[str]:
+        assert results
+        return {u.model_version for r in results for u in r.score_updates()}
+
+    assert versions(engine.ingest_ids(items[: cut[0]], timestamps[: cut[0]])) == {first}
+
+    _newer_copy(exported, folder / "v2", "trail@second+onnx", "2999-01-01T00:00:00+00:00")
+    results = engine.ingest_ids(items[cut[0] : cut[1]], timestamps[cut[0] : cut[1]])
+    assert versions(results) == {"trail@second+onnx"}
+    assert all(r.trending().model_version == "trail@second+onnx" for r in results)
+
+    # A newer export that is broken: logged, skipped, and the previous one keeps serving.
+    broken = _newer_copy(exported, folder / "v3", "trail@third+onnx", "2999-02-01T00:00:00+00:00")
+    (broken / "scorer.onnx").write_bytes(b"not a model" * 10)
+    with caplog.at_level(logging.ERROR, logger="trail.export"):
+        results = engine.ingest_ids(items[cut[1] : cut[2]], timestamps[cut[1] : cut[2]])
+    assert versions(results) == {"trail@second+onnx"}
+    assert any("v3" in record.getMessage() for record in caplog.records)
+
+    # Hidden staging folders of an export in progress are never picked up.
+    _newer_copy(exported, folder / ".v4.partial", "trail@fourth+onnx", "2999-03-01T00:00:00+00:00")
+    results = engine.ingest_ids(items[cut[2] :], timestamps[cut[2] :])
+    assert versions(results) == {"trail@second+onnx"}
+
+    # At start, a broken newest export is skipped for the newest one that loads.
+    assert ReloadingScorer(folder, providers=[CPU]).version == "trail@second+onnx"
+
+
+def test_score_async_runs_off_the_event_loop(exported: Path, events: Path) -> None:
+    scorer = OrtTrailScorer(exported, rescore_top=3, providers=[CPU])
+    engine = Engine(EngineConfig(TrendConfig(WindowSpec(7 * DAY)), explain_top=0), scorer)
+    items, timestamps = _engine_events(events)
+    features = engine.ingest_ids(items[:800], timestamps[:800])[-1].features
+    scores = asyncio.run(scorer.score_async(features))
+    np.testing.assert_array_equal(scores, scorer.score(features))
+    texts = asyncio.run(scorer.explain_async(features.take(np.arange(2)), scores[:2]))
+    assert all(t is not None and t.startswith("Forecast: about") for t in texts)
+
+
+def test_replay_with_the_onnx_model_ranks_like_pytorch(
+    exported: Path, adapter: Path, events: Path, tmp_path: Path
+) -> None:
+    common = ["replay", str(events), "--window", "7d", "--scorer", "trail", "--rescore-top", "6"]
+    common += ["--test-windows", "3", "--print-top", "0", "--explain-top", "2", "--no-progress"]
+    runs = {"onnx": ["--model", str(exported)], "torch": ["--adapter", str(adapter)]}
+    for name, extra in runs.items():
+        out = ["--predictions-out", str(tmp_path / f"{name}.jsonl")]
+        out += ["--scores-out", str(tmp_path / f"{name}-scores.jsonl")]
+        assert trail([*common, *extra, *out]) == 0
+    onnx_rankings = (tmp_path / "onnx.jsonl").read_text()
+    assert onnx_rankings == (tmp_path / "torch.jsonl").read_text()
+    assert len(onnx_rankings.splitlines()) == 3
+
+    def updates(name: str) -> list[dict[str, object]]:
+        lines = (tmp_path / f"{name}-scores.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    onnx_updates, torch_updates = updates("onnx"), updates("torch")
+    assert len(onnx_updates) == len(torch_updates) > 0
+    assert {u["model_version"] for u in onnx_updates} == {
+        json.loads((exported / MANIFEST_FILE).read_text())["version"]
+    }
+    for ours, theirs in zip(onnx_updates, torch_updates, strict=True):
+        assert (ours["item_id"], ours["rank"]) == (theirs["item_id"], theirs["rank"])
+        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
+        assert ours["explanation"] == theirs["explanation"]
+
+
+def test_trail_scorer_and_ort_scorer_share_the_protocol(exported: Path, adapter: Path) -> None:
+    from streams.scoring import Scorer
+
+    ort_scorer = OrtTrailScorer(exported, rescore_top=2, providers=[CPU])
+    assert isinstance(ort_scorer, Scorer)
+    assert isinstance(TrailScorer(adapter, rescore_top=2), Scorer)
+    assert isinstance(ReloadingScorer(exported, providers=[CPU]), Scorer)
+    assert ort_scorer.version == f"{TrailScorer(adapter).version}+onnx"
