@@ -29,7 +29,12 @@ def machine() -> str:
         memory = f", {kib / 1024 / 1024:.0f} GiB RAM"
     except (OSError, AttributeError):
         pass
-    return f"{model}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}"
+    # The load average says how busy the machine was: these machines are shared and noisy.
+    load = os.getloadavg()[0]
+    return (
+        f"{model}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, "
+        f"load average {load:.1f}"
+    )
 
 
 def command_line() -> str:
