@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from model.explain import format_count, next_period, period_name
 from model.prompts import chat_prompt
+from model.scorer import CascadeScorer
 from schemas import ItemFeatures
 from streams.trend.features import FeatureFrame
 
@@ -507,12 +508,7 @@ class OrtTrailModel:
         return [(o + text).strip() for o, text in zip(openings, generated, strict=True)]
 
 
-def _prior_scores(features: FeatureFrame) -> FloatArray:
-    """As :func:`model.scorer.prior_scores` (kept here so that serving never imports torch)."""
-    return np.log1p(features.ew_at(1.0))
-
-
-class OrtTrailScorer:
+class OrtTrailScorer(CascadeScorer):
     """TRAIL served by ONNX Runtime: the same cascade and texts as the PyTorch TrailScorer.
 
     Explanations pass the same :class:`model.scorer.ExplanationGuard` (``guard=False`` turns
@@ -520,9 +516,6 @@ class OrtTrailScorer:
     ``model_dir`` is missing, corrupt (a hash mismatch), of another format, or an export that
     failed validation.
     """
-
-    name = "trail"
-    learns_online = False
 
     def __init__(
         self,
@@ -552,22 +545,8 @@ class OrtTrailScorer:
     def version(self) -> str:
         return self.model.info.version
 
-    def score(self, features: FeatureFrame) -> FloatArray:
-        scores = _prior_scores(features)
-        top = np.argsort(-scores, kind="stable")[: self.rescore_top]
-        if top.size:
-            records = [features.record(int(p)) for p in top]
-            scores = scores.copy()
-            scores[top] = self.model.score(records, self.batch_size)
-        return scores
-
-    def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
-        records = features.records()
-        values = [float(s) for s in scores]
-        return list(self.guard.apply(records, values, self.model.explain(records, values)))
-
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
-        return None
+    def _rescore(self, records: list[Any]) -> FloatArray:
+        return np.asarray(self.model.score(records, self.batch_size), dtype=np.float64)
 
     async def score_async(self, features: FeatureFrame) -> FloatArray:
         """:meth:`score` in a worker thread: ORT releases the GIL, the event loop keeps going."""

@@ -91,11 +91,42 @@ class ExplanationGuard:
         }
 
 
-class TrailScorer:
-    """TRAIL (PyTorch): re-scores the prior's top ``rescore_top`` items and explains the best."""
+class CascadeScorer:
+    """The cascade shared by the PyTorch and ONNX TRAIL scorers.
+
+    The prior ranks every item; ``_rescore`` (the LM) replaces the scores of the prior's top
+    ``rescore_top``; explanations pass the :class:`ExplanationGuard`. Subclasses set
+    ``model`` (with ``explain(records, scores)``), ``guard`` and ``rescore_top``.
+    """
 
     name = "trail"
     learns_online = False
+    model: Any
+    guard: ExplanationGuard
+    rescore_top: int
+
+    def _rescore(self, records: list[Any]) -> FloatArray:
+        raise NotImplementedError
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        scores = prior_scores(features)
+        top = np.argsort(-scores, kind="stable")[: self.rescore_top]
+        if top.size:
+            scores = scores.copy()
+            scores[top] = self._rescore([features.record(int(p)) for p in top])
+        return scores
+
+    def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
+        records = features.records()
+        values = [float(s) for s in scores]
+        return list(self.guard.apply(records, values, self.model.explain(records, values)))
+
+    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+        return None
+
+
+class TrailScorer(CascadeScorer):
+    """TRAIL (PyTorch): re-scores the prior's top ``rescore_top`` items and explains the best."""
 
     def __init__(
         self,
@@ -117,22 +148,8 @@ class TrailScorer:
     def version(self) -> str:
         return self._version
 
-    def score(self, features: FeatureFrame) -> FloatArray:
-        scores = prior_scores(features)
-        top = np.argsort(-scores, kind="stable")[: self.rescore_top]
-        if top.size:
-            records = [features.record(int(p)) for p in top]
-            scores = scores.copy()
-            scores[top] = self.model.score(records)
-        return scores
-
-    def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
-        records = features.records()
-        values = [float(s) for s in scores]
-        return list(self.guard.apply(records, values, self.model.explain(records, values)))
-
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
-        return None
+    def _rescore(self, records: list[Any]) -> FloatArray:
+        return np.asarray(self.model.score(records), dtype=np.float64)
 
 
 class BaseLMScorer:
