@@ -127,7 +127,20 @@ def main() -> int:
                 f"| {name} | {f(trail_hr)} | {best} {f(best_hr)} | {gain:+.1f}% "
                 f"| {'met' if gain >= 10 else 'not met'} |"
             )
-        lines += ["", f"![HR@10 per window]({folder.as_posix()}/{name}.png)", ""]
+        missing = [s for s in ("base-lm", "trail") if s not in results]
+        if missing:
+            lines += [
+                "",
+                f"Not measured here: {', '.join(missing)} (the session ended before "
+                "their run finished; `bash scripts/results.sh` produces them). The SASRec "
+                "row comes from `python -m model.sasrec "
+                f"{name} --window {window} --epochs 60 --threads 1` under the same protocol "
+                "and windows.",
+                "",
+            ]
+        plot = folder / f"{name}.png"
+        if plot.is_file():
+            lines += ["", f"![HR@10 per window]({plot.as_posix()})", ""]
     if verdicts:
         lines += [
             "## Target: TRAIL HR@10 at least 10% above the best baseline",
