@@ -50,9 +50,9 @@ from export.runtime import (  # noqa: E402
     ScorerGraph,
     cpu_threads,
     default_providers,
-    forecast_sentence,
-    prior_log_count,
 )
+from model.explain import forecast_sentence  # noqa: E402
+from model.priors import prior_log_count  # noqa: E402
 from schemas import ItemFeatures  # noqa: E402
 
 TARGET_CPU_RATIO = 1.3

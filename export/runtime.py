@@ -13,10 +13,10 @@ An export folder (written by ``trail export``, see :mod:`export.onnx_export`) ho
 followed by greedy ORT generation. :class:`ReloadingScorer` watches a folder and swaps in a
 newer export between windows, keeping the old one when the new one does not load.
 
-This module never imports torch itself (prior, forecast sentence and cascade are mirrored
-here); the explanation guard it shares with the PyTorch scorer,
-:class:`model.scorer.ExplanationGuard`, still imports ``model.trail`` (and so torch) the first
-time it runs. All ORT work is synchronous; an asyncio caller runs it off the event loop with
+This module imports no torch itself (transformers may, to load the tokenizer): the prior, the
+forecast sentence, the cascade and the explanation guard are the torch-free ones the PyTorch
+scorer uses too. All ORT work is
+synchronous; an asyncio caller runs it off the event loop with
 :meth:`OrtTrailScorer.score_async` / :meth:`OrtTrailScorer.explain_async`.
 """
 
@@ -27,7 +27,6 @@ import ctypes
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.explain import format_count, next_period, period_name
+from model.explain import forecast_sentence
+from model.priors import prior_log_count
 from model.prompts import chat_prompt
 from model.scorer import CascadeScorer
 from schemas import ItemFeatures
@@ -368,22 +368,6 @@ class GeneratorGraph:
 
 
 # ---------------------------------------------------------------------------- the model
-def prior_log_count(features: ItemFeatures, prior: str = "ewma-1") -> float:
-    """Same as :func:`model.trail.prior_log_count` (that module imports torch; this one not)."""
-    if prior == "ewma-1":
-        return math.log1p(features.ew_1)
-    if prior == "last-window":
-        return math.log1p(features.count)
-    raise ValueError(f"unknown prior {prior!r}: use ewma-1 or last-window")
-
-
-def forecast_sentence(features: ItemFeatures, predicted_log_count: float) -> str:
-    """Same as :func:`model.trail.forecast_sentence`: the forced opening of explanations."""
-    count = max(0.0, math.expm1(predicted_log_count))
-    period = period_name(features.window_seconds)
-    return f"Forecast: about {format_count(count)} events {next_period(period)}. "
-
-
 def _buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, so that padding costs little.
 
@@ -535,6 +519,7 @@ class OrtTrailScorer(CascadeScorer):
             self.model_dir, providers=providers, io_binding=io_binding, threads=threads
         )
         self.rescore_top = rescore_top
+        self.prior = self.model.info.prior
         self.batch_size = batch_size
         self.provider = self.model.provider
         self.manifest_sha256 = self.model.info.manifest_sha256

@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from model.priors import PRIORS
     from model.training import TrainConfig
 
     parser.add_argument(
@@ -24,11 +25,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="base LM: smollm2-135m (default), a local path or an HF id",
     )
     parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--prior", choices=("ewma-1", "last-window"), default="ewma-1")
+    parser.add_argument(
+        "--prior",
+        choices=PRIORS,
+        default="ewma-1",
+        help="recency prior the score head corrects (default %(default)s)",
+    )
+    parser.add_argument(
+        "--lora-top-fraction",
+        type=float,
+        default=0.34,
+        help="adapt only this top fraction of the layers (default %(default)s; 1.0 = all)",
+    )
     parser.add_argument(
         "--no-resume", action="store_true", help="start over even if DIR holds a checkpoint"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N",
+    )
     parser.add_argument("--no-progress", action="store_true")
     defaults = TrainConfig()
     for field in fields(TrainConfig):
@@ -49,12 +66,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"trail train: --device {device} asked for, but torch sees no CUDA GPU")
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model_config = TrailConfig(
         base_model=args.base_model,
         lora_rank=args.lora_rank,
         lora_alpha=2 * args.lora_rank,
         prior=args.prior,
+        lora_top_fraction=args.lora_top_fraction,
     )
     manifest = train(
         args.snapshots,
@@ -63,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         config=config,
         resume=not args.no_resume,
         progress=not args.no_progress,
+        device=device,
     )
     print(
         json.dumps(

@@ -1016,3 +1016,16 @@ def _swap_item(text: str, claims: list[Claim], features: ItemFeatures, rng: rand
         return _replace(text, (start, start + len(claim.attribute)), decoy)
     decoy = rng.choice([t for t in _DECOY_TITLES if _norm(t) != own_title])
     return f'"{decoy}": {text}'
+
+
+def forecast_sentence(features: ItemFeatures, predicted_log_count: float) -> str:
+    """The forced opening of every TRAIL explanation: the model's own forecast, as a count.
+
+    >>> from model.tiny import synthetic_features
+    >>> import random
+    >>> forecast_sentence(synthetic_features(random.Random(0)), math.log1p(41.6))
+    'Forecast: about 42 events next month. '
+    """
+    count = max(0.0, math.expm1(predicted_log_count))
+    period = period_name(features.window_seconds)
+    return f"Forecast: about {format_count(count)} events {next_period(period)}. "

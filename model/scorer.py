@@ -1,7 +1,8 @@
 """Language-model scorers behind the engine's Scorer protocol: TRAIL and the untuned base LM.
 
-Both run a cascade: the recency prior (``log1p`` of the one-window EW mean) scores every item
-seen so far, which is cheap and vectorised; only the ``rescore_top`` best go through the LM.
+Both run a cascade: a recency prior (:mod:`model.priors`; TRAIL uses the one its adapter was
+trained on) scores every item seen so far, which is cheap and vectorised; only the
+``rescore_top`` best go through the LM.
 The LM's scores are on the same scale as the prior, so the merged ranking needs no calibration.
 The cost of a window therefore grows with ``rescore_top`` and the number of explanations,
 never with the catalog.
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from model.priors import prior_scores
 from streams.scoring import Scorer
 from streams.settings import Settings
 from streams.trend.features import FeatureFrame
@@ -29,11 +31,6 @@ FloatArray = npt.NDArray[np.float64]
 DEFAULT_ADAPTER = Path(__file__).resolve().parent / "adapters" / "trail-smollm2"
 
 _LEADING_NUMBER = re.compile(r"\s*(\d[\d,]*(?:\.\d+)?)")
-
-
-def prior_scores(features: FeatureFrame) -> FloatArray:
-    """The cascade's cheap ranker: ``log1p`` of the EW mean with a one-window half-life."""
-    return np.log1p(features.ew_at(1.0))
 
 
 def adapter_version(adapter_dir: Path) -> str:
@@ -64,8 +61,7 @@ class ExplanationGuard:
 
     def apply(self, records: list[Any], scores: list[float], texts: list[str]) -> list[str]:
         from model.evaluation import lm_written_part
-        from model.explain import check_explanation, verbalize
-        from model.trail import forecast_sentence
+        from model.explain import check_explanation, forecast_sentence, verbalize
 
         published = []
         for record, score, text in zip(records, scores, texts, strict=True):
@@ -96,7 +92,8 @@ class CascadeScorer:
 
     The prior ranks every item; ``_rescore`` (the LM) replaces the scores of the prior's top
     ``rescore_top``; explanations pass the :class:`ExplanationGuard`. Subclasses set
-    ``model`` (with ``explain(records, scores)``), ``guard`` and ``rescore_top``.
+    ``model`` (with ``explain(records, scores)``), ``guard``, ``rescore_top`` and ``prior``
+    (the one the model's score head was trained on).
     """
 
     name = "trail"
@@ -104,12 +101,13 @@ class CascadeScorer:
     model: Any
     guard: ExplanationGuard
     rescore_top: int
+    prior: str
 
     def _rescore(self, records: list[Any]) -> FloatArray:
         raise NotImplementedError
 
     def score(self, features: FeatureFrame) -> FloatArray:
-        scores = prior_scores(features)
+        scores = prior_scores(features, self.prior)
         top = np.argsort(-scores, kind="stable")[: self.rescore_top]
         if top.size:
             scores = scores.copy()
@@ -140,6 +138,7 @@ class TrailScorer(CascadeScorer):
 
         self.adapter_dir = Path(adapter_dir)
         self.model = TrailModel.load(self.adapter_dir, base_model=base_model)
+        self.prior = self.model.config.prior
         self.rescore_top = rescore_top
         self.guard = ExplanationGuard(guard)
         self._version = adapter_version(self.adapter_dir)

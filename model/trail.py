@@ -19,7 +19,6 @@ Torch, transformers and peft are imported by this module: only model code import
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.explain import format_count, next_period, period_name
+from model.explain import forecast_sentence
+from model.priors import prior_log_count
 from model.prompts import chat_prompt
 from schemas import ItemFeatures
 
@@ -78,35 +78,6 @@ class TrailConfig:
         values = {k: v for k, v in data.items() if k != "format"}
         values["lora_targets"] = tuple(values["lora_targets"])
         return cls(**values)
-
-
-def prior_log_count(features: ItemFeatures, prior: str = "ewma-1") -> float:
-    """The recency prior the score head corrects: ``log1p`` of a per-window count estimate.
-
-    >>> from model.tiny import synthetic_features
-    >>> import random
-    >>> f = synthetic_features(random.Random(0))
-    >>> prior_log_count(f) == math.log1p(f.ew_1)
-    True
-    """
-    if prior == "ewma-1":
-        return math.log1p(features.ew_1)
-    if prior == "last-window":
-        return math.log1p(features.count)
-    raise ValueError(f"unknown prior {prior!r}: use ewma-1 or last-window")
-
-
-def forecast_sentence(features: ItemFeatures, predicted_log_count: float) -> str:
-    """The forced opening of every explanation: the model's own forecast, as a count.
-
-    >>> from model.tiny import synthetic_features
-    >>> import random
-    >>> forecast_sentence(synthetic_features(random.Random(0)), math.log1p(41.6))
-    'Forecast: about 42 events next month. '
-    """
-    count = max(0.0, math.expm1(predicted_log_count))
-    period = period_name(features.window_seconds)
-    return f"Forecast: about {format_count(count)} events {next_period(period)}. "
 
 
 class ScoreHead(nn.Module):
@@ -203,6 +174,10 @@ class TrailModel(nn.Module):
         torch.save(self.head.state_dict(), adapter_dir / HEAD_FILE)
         (adapter_dir / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2))
 
+    @property
+    def device(self) -> torch.device:
+        return self.head.proj.weight.device
+
     # ------------------------------------------------------------------ text
     def prompt_text(self, features: ItemFeatures) -> str:
         return chat_prompt(self.tokenizer, features)
@@ -256,19 +231,20 @@ class TrailModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Residual scores ``(B,)`` and, with labels, the mean token NLL of each answer."""
+        device = self.device
         output = self.lm(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
             output_hidden_states=True,
             use_cache=False,
         )
         hidden = output.hidden_states[-1]
-        rows = torch.arange(hidden.shape[0])
-        residual: torch.Tensor = self.head(hidden[rows, batch.prompt_last])
+        rows = torch.arange(hidden.shape[0], device=device)
+        residual: torch.Tensor = self.head(hidden[rows, batch.prompt_last.to(device)].float())
         if batch.labels is None:
             return residual, None
-        logits = output.logits[:, :-1]
-        targets = batch.labels[:, 1:]
+        logits = output.logits[:, :-1].float()
+        targets = batch.labels[:, 1:].to(device)
         nll = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
@@ -288,7 +264,7 @@ class TrailModel(nn.Module):
             batch = self.encode([self.prompt_text(f) for f in chunk])
             residual, _ = self.forward(batch)
             prior = torch.tensor([prior_log_count(f, self.config.prior) for f in chunk])
-            results.append((prior + residual.float()).clamp(min=0.0).numpy())
+            results.append((prior + residual.float().cpu()).clamp(min=0.0).numpy())
         return np.concatenate(results) if results else np.zeros(0)
 
     @torch.no_grad()
@@ -322,7 +298,7 @@ class TrailModel(nn.Module):
         )
         end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         output = self.lm.generate(
-            **encoded,
+            **encoded.to(self.device),
             max_new_tokens=self.config.max_explanation_tokens,
             do_sample=False,
             eos_token_id=end_id,

@@ -193,8 +193,10 @@ def step_loss(
     residual, nll = model(model.encode(prompts, answers, forced))
     if nll is None:
         raise RuntimeError("a batch with answers must give their NLL")
-    prior = torch.tensor([prior_log_count(e.features, model.config.prior) for e in examples])
-    target = torch.tensor([e.target for e in examples])
+    prior = torch.tensor(
+        [prior_log_count(e.features, model.config.prior) for e in examples], device=model.device
+    )
+    target = torch.tensor([e.target for e in examples], device=model.device)
     predicted = prior + residual
     mse = torch.mean((predicted - target) ** 2)
 
@@ -246,15 +248,21 @@ def train(
     config: TrainConfig,
     resume: bool = True,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train (or resume training) a TRAIL adapter; returns the manifest it writes."""
+    """Train (or resume training) a TRAIL adapter; returns the manifest it writes.
+
+    On ``device="cuda"`` the loop is the same; the frozen base runs in bfloat16 autocast
+    while the LoRA weights, the head and the optimizer state stay in float32.
+    """
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     split = split_snapshots(snapshot_dirs, config, model_config.prior)
     if not split.train:
         raise ValueError("no training windows with at least two items")
-    model = TrailModel.from_base(model_config)
+    model = TrailModel.from_base(model_config).to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     trainable = [p for p in model.lm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
@@ -274,7 +282,7 @@ def train(
     validations: list[dict[str, float]] = []
     rng = random.Random(config.seed)  # noqa: S311 - reproducible sampling, not security
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         _load_trainable(model, state["trainable"])
         model.head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
@@ -282,7 +290,7 @@ def train(
         history = state["history"]
         validations = state["validations"]
         rng.setstate(_as_rng_state(state["rng"]))
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         print(f"resuming from step {start_step} ({checkpoint_path})")
 
     started = time.perf_counter()
@@ -298,7 +306,8 @@ def train(
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config, group["base_lr"])
-        loss, parts = step_loss(model, _sample(split, config, rng), config, rng)
+        with autocast:
+            loss, parts = step_loss(model, _sample(split, config, rng), config, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(
@@ -311,7 +320,8 @@ def train(
         )
         done = step + 1
         if split.validation and (done % config.eval_every == 0 or done == config.steps):
-            metrics = {"step": done, **validate(model, split.validation)}
+            with autocast:
+                metrics = {"step": done, **validate(model, split.validation)}
             validations.append(metrics)
             tqdm.write(
                 f"step {done}: val precision@10 {metrics['val_precision@10']:.3f} "
@@ -322,7 +332,7 @@ def train(
             _save_checkpoint(checkpoint_path, model, optimizer, done, history, validations, rng)
     bar.close()
 
-    model.save(out_dir)
+    model.to("cpu").save(out_dir)
     manifest = {
         "format": "trail-manifest@1",
         "model": model_config.to_json(),
@@ -338,6 +348,7 @@ def train(
         "validation": validations[-1] if validations else {},
         "validation_history": validations,
         "seconds_this_run": round(time.perf_counter() - started, 1),
+        "device": device,
         "versions": _versions(),
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +21,10 @@ from export.runtime import (
     OrtTrailModel,
     OrtTrailScorer,
     ReloadingScorer,
-    forecast_sentence,
-    prior_log_count,
 )
 from model.scorer import TrailScorer
 from model.tiny import build_tiny_model
 from model.trail import TrailConfig, TrailModel
-from model.trail import forecast_sentence as torch_forecast_sentence
-from model.trail import prior_log_count as torch_prior_log_count
 from streams.cli import main as trail
 from streams.engine import Engine, EngineConfig, WindowResult
 from streams.trend.state import TrendConfig
@@ -139,15 +134,6 @@ def test_io_binding_path_matches_plain_runs(exported: Path) -> None:
     assert plain.generate_ids(prompts, max_new_tokens=8) == bound.generate_ids(
         prompts, max_new_tokens=8
     )
-
-
-def test_runtime_text_helpers_match_the_model_module() -> None:
-    rng = random.Random(4)
-    for features in validation_features(10, seed=rng.randint(0, 1000)):
-        for prior in ("ewma-1", "last-window"):
-            assert prior_log_count(features, prior) == torch_prior_log_count(features, prior)
-        score = rng.uniform(0.0, 8.0)
-        assert forecast_sentence(features, score) == torch_forecast_sentence(features, score)
 
 
 def _copy(exported: Path, to: Path) -> Path:
