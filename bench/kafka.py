@@ -16,7 +16,7 @@ Steps (one broker, one process):
    step 3 is mostly queueing behind the backlog; it is reported as ``backlog_*``.
 
     .venv/bin/python bench/kafka.py [--bootstrap HOST:PORT] [--dataset ml-1m] [--window 7d]
-                                    [--partitions 4] [--events N] [--json]
+                                    [--partitions 4] [--events N] [--runtime faust] [--json]
 
 Without ``--bootstrap`` it starts a private broker with compose/kafka.sh and stops it after.
 """
@@ -48,7 +48,7 @@ from streams.kafka_cli import event_values  # noqa: E402
 from streams.kafka_io import BatchSender, TopicSpec, ensure_topics  # noqa: E402
 from streams.partitioning import partitions_of  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.worker import Worker  # noqa: E402
+from streams.worker import Worker, worker_class  # noqa: E402
 
 HEADER = (
     "| date | machine | command | worker events/s | raw consume/s | raw produce/s "
@@ -171,7 +171,7 @@ async def raw_consume(settings: Settings, topic: str, expected: int) -> float:
 
 
 async def run_worker(settings: Settings, log: EventLog, until_idle: float = 2.0) -> Worker:
-    worker = Worker(
+    worker = worker_class(settings.runtime)(
         settings,
         scorer_factory=scorer_factory(settings.scorer, settings),
         items=dict(log.items),
@@ -274,6 +274,12 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4, help="events partitions")
     parser.add_argument("--batch-size", type=int, default=20_000, help="records per round")
     parser.add_argument(
+        "--runtime",
+        choices=("aiokafka", "faust"),
+        default="aiokafka",
+        help="the worker's group consumer (default aiokafka)",
+    )
+    parser.add_argument(
         "--live-rate", type=float, default=20_000, help="events/s of the live phase (20000)"
     )
     parser.add_argument(
@@ -306,6 +312,7 @@ def main() -> int:
             dlq_topic=f"{tag}-dlq",
             app_id=f"{tag}-app",
             metrics_port=0,
+            runtime=args.runtime,
         )
         produce_rate, encode_s = asyncio.run(raw_produce(settings, log, settings.events_topic))
         consume_rate = asyncio.run(raw_consume(settings, settings.events_topic, n))
@@ -349,11 +356,12 @@ def main() -> int:
         "partitions": args.partitions,
         "window": args.window,
         "dataset": args.dataset,
+        "runtime": args.runtime,
         "load_average": round(load, 2),
     }
     print(
         f"Kafka worker benchmark: {args.dataset}, {n:,} events, {args.partitions} partitions, "
-        f"window {args.window}, scorer {args.scorer}, one worker process "
+        f"window {args.window}, scorer {args.scorer}, one {args.runtime} worker process "
         f"(load average {load:.1f} on {os.cpu_count()} cores)"
     )
     rows = [
@@ -386,7 +394,8 @@ def main() -> int:
             f"| {consume_rate:,.0f} | {produce_rate:,.0f} "
             f"| live {_ms(live, 'p50')} / {_ms(live, 'p95')}; backlog "
             f"{backlog.get('p50', 0):.0f} / {backlog.get('p95', 0):.0f} "
-            f"| {args.dataset} {n:,} events, {args.partitions} partitions, window {args.window}, "
+            f"| {args.runtime} runtime; {args.dataset} {n:,} events, {args.partitions} partitions, "
+            f"window {args.window}, "
             f"{args.scorer}, {int(windows):,} windows; "
             + (
                 f"live phase {int(live.get('count', 0))} windows at {achieved:,.0f} events/s; "

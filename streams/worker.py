@@ -48,6 +48,10 @@ State, offsets and recovery (at-least-once, manual commits):
 Exactness after a restart holds for scorers without hidden state (the baselines) and for
 scorers that expose ``state_dict()`` / ``load_state_dict()``; an online learner without them
 (River) restarts its learning from the checkpoint on.
+
+The group consumer here is aiokafka's (``--runtime aiokafka``, the default);
+:mod:`streams.faust_worker` hosts the same worker in a Faust app (``--runtime faust``) by
+overriding the few methods under "the group consumer" below.
 """
 
 from __future__ import annotations
@@ -762,8 +766,9 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> int:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    async def _prepare(self) -> None:
+        """Create the topics and start the producer and the group-less reader (both runtimes)."""
+        from aiokafka import AIOKafkaProducer
 
         settings = self.settings
         specs = [
@@ -788,9 +793,8 @@ class Worker:
             )
         if self.topic_partitions[self.partials_topic] != 1:
             raise RuntimeError(f"{self.partials_topic} must have exactly one partition")
-        options = client_options(settings)
         self._producer = AIOKafkaProducer(
-            **options,
+            **client_options(settings),
             acks="all",
             enable_idempotence=True,
             linger_ms=0,  # records are batched by BatchSender already
@@ -803,24 +807,30 @@ class Worker:
         self.sender = BatchSender(self._producer)
         self._checkpoint_sender = BatchSender(self._producer)
         self._reader = await start_reader(settings)
-        self._consumer = AIOKafkaConsumer(
-            **options,
-            group_id=settings.app_id,
-            client_id=f"trail-{self.worker_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.batch_size,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(300, settings.session_timeout_ms // 5),
-            rebalance_timeout_ms=120_000,
-            max_poll_interval_ms=300_000,
-        )
-        self._consumer.subscribe(
-            [settings.events_topic, self.partials_topic], listener=_rebalance_listener(self)
-        )
+
+    async def run(self) -> int:
+        from aiokafka import AIOKafkaConsumer
+
+        settings = self.settings
         try:
+            await self._prepare()
+            self._consumer = AIOKafkaConsumer(
+                **client_options(settings),
+                group_id=settings.app_id,
+                client_id=f"trail-{self.worker_id}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=settings.batch_size,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                fetch_max_bytes=32 * 1024 * 1024,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=max(300, settings.session_timeout_ms // 5),
+                rebalance_timeout_ms=120_000,
+                max_poll_interval_ms=300_000,
+            )
+            self._consumer.subscribe(
+                [settings.events_topic, self.partials_topic], listener=_rebalance_listener(self)
+            )
             await self._consumer.start()
             log.info(
                 "worker %s consuming %s (%d partitions) in group %s",
@@ -854,7 +864,7 @@ class Worker:
                 await asyncio.sleep(0)
                 async with self._lock:
                     if generation != self._generation:
-                        self._rewind(batches)
+                        await self._rewind(batches)
                         continue
                     await self._round(batches)
                 if self._finished():
@@ -862,13 +872,13 @@ class Worker:
         finally:
             stop_wait.cancel()
 
-    def _rewind(self, batches: Mapping[Any, Sequence[Any]]) -> None:
+    async def _rewind(self, batches: Mapping[Any, Sequence[Any]]) -> None:
         """Records fetched across a rebalance: put the positions back where the state is."""
         for tp in batches:
             if tp.topic == self.settings.events_topic and tp.partition in self.processors:
-                self._consumer.seek(tp, self.processors[tp.partition].offset + 1)
+                await self._seek(tp, self.processors[tp.partition].offset + 1)
             elif tp.topic == self.partials_topic and self.merger is not None:
-                self._consumer.seek(tp, self.merger.position)
+                await self._seek(tp, self.merger.position)
 
     def _finished(self) -> bool:
         now = time.monotonic()
@@ -883,18 +893,53 @@ class Worker:
 
     async def _shutdown(self) -> None:
         try:
-            if self._consumer is not None and self.sender is not None:
+            if self._consuming() and self.sender is not None:
                 async with self._lock:
                     await self._checkpoint_all()
         except Exception:
             log.exception("final checkpoint failed; the next owner resumes from the last one")
         finally:
-            if self._consumer is not None:
-                await self._consumer.stop()
-            if self._producer is not None:
-                await self._producer.stop()
-            if self._reader is not None:
-                await self._reader.stop()
+            await self._stop_consumer()
+            await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._reader is not None:
+            await self._reader.stop()
+
+    # -------------------------------------------------------------- the group consumer
+    # What the aiokafka consumer group does for this worker; the Faust runtime
+    # (streams/faust_worker.py) overrides these with its app's consumer.
+    def _consuming(self) -> bool:
+        return self._consumer is not None
+
+    async def _stop_consumer(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _seek(self, tp: Any, offset: int) -> None:
+        self._consumer.seek(tp, offset)
+
+    async def _seek_to_beginning(self, tp: Any) -> None:
+        await self._consumer.seek_to_beginning(tp)
+
+    async def _committed(self, tp: Any) -> int | None:
+        committed: int | None = await self._consumer.committed(tp)
+        return committed
+
+    async def _beginning(self, tp: Any) -> int:
+        return int((await self._reader.beginning_offsets([tp]))[tp])
+
+    def _highwater(self, tp: Any) -> int | None:
+        highwater: int | None = self._consumer.highwater(tp)
+        return highwater
+
+    async def _commit_offsets(self, offsets: Mapping[Any, int]) -> None:
+        assigned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if offsets:
+            await self._consumer.commit(offsets)
 
     # -------------------------------------------------------------- one round
     async def _round(self, batches: Mapping[Any, Sequence[Any]]) -> None:
@@ -1030,12 +1075,8 @@ class Worker:
     async def _commit(self, offsets: Mapping[Any, int]) -> None:
         from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-        assigned = self._consumer.assignment()
-        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if not offsets:
-            return
         try:
-            await self._consumer.commit(offsets)
+            await self._commit_offsets(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # The checkpoint is the truth; a failed commit only leaves the group's offsets
             # (used for lag monitoring) behind.
@@ -1048,7 +1089,7 @@ class Worker:
         for partition, processor in self.processors.items():
             tp = TopicPartition(self.settings.events_topic, partition)
             try:
-                highwater = self._consumer.highwater(tp)
+                highwater = self._highwater(tp)
             except Exception:
                 highwater = None
             if highwater is None:
@@ -1098,9 +1139,9 @@ class Worker:
                 tp = _tp(self.settings.events_topic, partition)
                 offset = self.processors[partition].offset
                 if offset >= 0:
-                    self._consumer.seek(tp, offset + 1)
+                    await self._seek(tp, offset + 1)
                 else:
-                    await self._consumer.seek_to_beginning(tp)
+                    await self._seek_to_beginning(tp)
             self.metrics.assigned.set(len(self.processors))
             if events:
                 self.metrics.restore_seconds.observe(time.perf_counter() - started)
@@ -1161,12 +1202,12 @@ class Worker:
     async def _restore_merger(self) -> TrendingMerger:
         merger = TrendingMerger(top_n=self.config.top_n, idle_timeout=self.merge_idle_timeout)
         tp = _tp(self.partials_topic, 0)
-        committed = await self._consumer.committed(tp)
+        committed = await self._committed(tp)
         if committed is None:
-            committed = (await self._consumer.beginning_offsets([tp]))[tp]
+            committed = await self._beginning(tp)
         merger.position = committed
         merger.committed = committed
-        self._consumer.seek(tp, committed)
+        await self._seek(tp, committed)
         merger.published_through = await self._last_published_window()
         return merger
 
@@ -1293,6 +1334,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="checkpoint each partition at least this often (default 10s)",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("aiokafka", "faust"),
+        default=None,
+        help="group consumer: aiokafka (default, fastest) or a Faust app (TRAIL_RUNTIME)",
+    )
     parser.add_argument("--worker-id", default=None, help="name in logs and dead letters")
     parser.add_argument(
         "--until-idle",
@@ -1326,6 +1373,7 @@ _SETTING_ARGS = (
     "batch_size",
     "metrics_port",
     "checkpoint_interval",
+    "runtime",
 )
 
 
@@ -1334,6 +1382,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         name: getattr(args, name) for name in _SETTING_ARGS if getattr(args, name, None) is not None
     }
     return Settings(**overrides)
+
+
+def worker_class(runtime: str) -> type[Worker]:
+    """The worker of a ``--runtime``: the aiokafka group consumer or the Faust app."""
+    if runtime == "aiokafka":
+        return Worker
+    if runtime == "faust":
+        from streams.faust_worker import FaustWorker
+
+        return FaustWorker
+    raise ValueError(f"unknown runtime {runtime!r}: use aiokafka or faust")
 
 
 def load_items(source: str | None) -> dict[str, ItemMeta]:
@@ -1361,7 +1420,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         port = metrics.serve(settings.metrics_port)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
-    worker = Worker(
+    worker = worker_class(settings.runtime)(
         settings,
         scorer_factory=factory,
         items=items,

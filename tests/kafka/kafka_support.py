@@ -33,6 +33,10 @@ WINDOW = "7d"
 SCORER = "ewma-2"
 
 
+#: The worker's two group consumers: every worker test runs on both.
+RUNTIMES = ("aiokafka", "faust")
+
+
 def unique_settings(bootstrap: str, prefix: str, **overrides: Any) -> Settings:
     tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
     values: dict[str, Any] = {
@@ -236,6 +240,8 @@ class WorkerProcess:
             name,
             "--summary-out",
             str(self.summary_path),
+            "--runtime",
+            settings.runtime,
             *extra,
         ]
         if items:

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from kafka_support import (
+    RUNTIMES,
     WorkerProcess,
     assert_same_updates,
     dedupe,
@@ -66,12 +67,13 @@ def _bad_record(i: int, rng: random.Random) -> tuple[bytes | None, bytes | None,
     return b"1", b"\xff\xfe" + marker.encode() + bytes([rng.randrange(128, 256)]), "bad_json"
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_malformed_records_are_dead_lettered_and_good_ones_counted(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, runtime: str
 ) -> None:
     log = ml100k()
     assert len(log) == 100_000
-    settings = unique_settings(kafka_bootstrap, "dlq")
+    settings = unique_settings(kafka_bootstrap, "dlq", runtime=runtime)
     rng = random.Random(3)
     positions = rng.sample(range(1, len(log)), N_BAD)
     extra: list[tuple[int, bytes | None, bytes | None, int | None]] = []

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from kafka_support import (
     REPO_ROOT,
+    RUNTIMES,
     Expected,
     WorkerProcess,
     assert_same_updates,
@@ -64,12 +65,15 @@ def expected(slice_log: EventLog) -> Expected:
 
 
 # ------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=RUNTIMES)
 def e2e_run(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, slice_log: EventLog
+    request: pytest.FixtureRequest,
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    slice_log: EventLog,
 ) -> tuple[Settings, dict[str, list], Path]:
     tmp = tmp_path_factory.mktemp("e2e")
-    settings = unique_settings(kafka_bootstrap, "e2e")
+    settings = unique_settings(kafka_bootstrap, "e2e", runtime=request.param)
     produce(settings, slice_log)
     worker = WorkerProcess(settings, tmp, "e2e", "--until-idle", "3")
     try:
@@ -156,8 +160,9 @@ def test_tail_pretty_prints_the_scores(e2e_run: tuple[Settings, dict[str, list],
         assert (match.group(2), int(match.group(1))) in shown
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_one_partition_is_byte_for_byte_trail_replay(
-    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog
+    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, runtime: str
 ) -> None:
     """With one partition the worker publishes exactly what ``trail replay --scores-out``
     writes for the same slice (same bytes, same order)."""
@@ -195,7 +200,7 @@ def test_one_partition_is_byte_for_byte_trail_replay(
         env={**os.environ, "TRAIL_CACHE": str(tmp_path / "cache")},
     )
     assert replayed.returncode == 0, replayed.stderr
-    settings = unique_settings(kafka_bootstrap, "one", partitions=1)
+    settings = unique_settings(kafka_bootstrap, "one", partitions=1, runtime=runtime)
     produce(settings, slice_log)
     worker = WorkerProcess(settings, tmp_path, "one", "--until-idle", "3", items=None)
     try:
@@ -219,12 +224,13 @@ def _mid_window_cut(log: EventLog, around: int) -> int:
     return int(np.searchsorted(log.timestamps, middle, side="left"))
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_kill_9_mid_window_then_restart_gives_the_same_scores(
-    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected
+    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected, runtime: str
 ) -> None:
     # Checkpoints only at window closes: the open window's events are lost with the process.
     settings = unique_settings(
-        kafka_bootstrap, "kill", checkpoint_interval="3600s", batch_size=1000
+        kafka_bootstrap, "kill", checkpoint_interval="3600s", batch_size=1000, runtime=runtime
     )
     cut = _mid_window_cut(slice_log, 12_000)
     produce(settings, slice_log, stop=cut)
@@ -257,11 +263,12 @@ def test_kill_9_mid_window_then_restart_gives_the_same_scores(
     assert windows_by_partition(got.values(), PARTITIONS) == expected_windows
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_crash_between_publish_and_checkpoint_repeats_with_the_same_keys(
-    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected
+    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected, runtime: str
 ) -> None:
     settings = unique_settings(
-        kafka_bootstrap, "crash", checkpoint_interval="3600s", batch_size=2000
+        kafka_bootstrap, "crash", checkpoint_interval="3600s", batch_size=2000, runtime=runtime
     )
     produce(settings, slice_log)
     first = WorkerProcess(settings, tmp_path, "first", "--crash-after-publish", "3")
@@ -281,10 +288,11 @@ def test_crash_between_publish_and_checkpoint_repeats_with_the_same_keys(
 
 
 # ------------------------------------------------------------------------------ two workers
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_two_workers_split_the_partitions_and_survive_one_leaving(
-    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected
+    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected, runtime: str
 ) -> None:
-    settings = unique_settings(kafka_bootstrap, "pair", session_timeout_ms=6000)
+    settings = unique_settings(kafka_bootstrap, "pair", session_timeout_ms=6000, runtime=runtime)
     a = WorkerProcess(settings, tmp_path, "a")
     b = WorkerProcess(settings, tmp_path, "b")
     try:

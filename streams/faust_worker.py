@@ -1,0 +1,253 @@
+"""``trail worker --runtime faust``: the same worker, hosted by a Faust app.
+
+The Faust app owns the consumer group: membership, partition assignment and rebalances, the
+stream of records, and the offset commits. Its parts:
+
+- **One agent** on the events topic and the trending-partials topic. It takes the records in
+  batches (``noack_take``, up to ``batch_size`` within 50 ms) and hands them, grouped by
+  partition, to the very same round as the aiokafka runtime (:meth:`Worker._round`): one
+  :class:`~streams.engine.Engine` per events partition, the same outputs, the same trending
+  merge.
+- **One timer** (every 200 ms) runs an empty round, so that idle partitions still report
+  progress, due checkpoints are taken and the trending merge publishes windows held back only
+  by an idle partition.
+- **Manual commits.** Events are taken with acks disabled and acknowledged only once the
+  checkpoint that covers them is durable; Faust then commits the acknowledged offsets. A
+  crash re-delivers everything after the last checkpoint, and records at or below it are
+  skipped, exactly as in the aiokafka runtime.
+- **State.** Each partition's state is the same checkpoint in the same compacted
+  ``<app_id>-state-changelog`` topic (:class:`~streams.worker.StateStore`), restored in the
+  app's ``on_partitions_assigned`` signal and written on revocation
+  (``on_partitions_revoked``). A Faust ``Table`` holds one value per key in one Kafka record;
+  a partition's trend state can be far larger than a record, so the chunked store is kept.
+
+Throughput: Faust handles every record as an event object (decode, buffer, ack), which costs
+far more than the engine's batched work; ``bench/kafka.py --runtime faust`` measures it. The
+aiokafka runtime is the default for that reason; the two share everything else and keep the
+same checkpoints, so one can take over a group's state from the other (stop every worker of
+the group first: the two do not join one group together).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from streams.kafka_io import client_options
+from streams.settings import Settings
+from streams.worker import Worker
+
+log = logging.getLogger("trail.worker.faust")
+
+#: How long the agent waits to fill a batch before it processes what it has.
+TAKE_WITHIN_S = 0.05
+#: How often the timer runs an empty round (progress, due checkpoints, trending merge).
+TICK_S = 0.2
+
+
+def faust_app(settings: Settings, client_id: str) -> Any:
+    """The Faust app of a worker: our consumer group, no web server, topics created by us."""
+    import faust
+
+    options: dict[str, Any] = {}
+    if settings.security_protocol != "PLAINTEXT":
+        options["broker_credentials"] = _credentials(settings)
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
+        autodiscover=False,
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,  # the worker creates its topics with their settings
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_client_id=client_id,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(0.3, settings.session_timeout_ms / 5000),
+        broker_commit_interval=1.0,
+        broker_max_poll_records=settings.batch_size,
+        stream_buffer_maxsize=max(4096, settings.batch_size),
+        # Events are acknowledged only after their checkpoint: a rebalance must not wait for
+        # acks (the revocation handler writes the checkpoints and acks them itself).
+        stream_wait_empty=False,
+        producer_acks=-1,
+        **options,
+    )
+
+
+def _credentials(settings: Settings) -> Any:
+    import faust
+    from aiokafka.helpers import create_ssl_context
+
+    ssl_context = None
+    if "SSL" in settings.security_protocol:
+        cafile = str(settings.ssl_cafile) if settings.ssl_cafile else None
+        ssl_context = create_ssl_context(cafile=cafile)
+    if not settings.security_protocol.startswith("SASL"):
+        return faust.SSLCredentials(ssl_context)
+    if settings.sasl_mechanism != "PLAIN":
+        raise ValueError(
+            f"the Faust runtime supports SASL PLAIN only (got {settings.sasl_mechanism}): "
+            "use --runtime aiokafka for SCRAM"
+        )
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_password,
+        ssl_context=ssl_context,
+    )
+
+
+class FaustWorker(Worker):
+    """A :class:`~streams.worker.Worker` whose group consumer is a Faust app."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.app: Any = None
+        self._stream: Any = None
+        self._unacked: dict[Any, deque[Any]] = defaultdict(deque)
+        self._failure: BaseException | None = None
+
+    async def run(self) -> int:
+        settings = self.settings
+        try:
+            await self._prepare()
+            self.app = app = faust_app(settings, f"trail-{self.worker_id}")
+            topic = app.topic(
+                settings.events_topic,
+                self.partials_topic,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                allow_empty=True,
+            )
+            app.agent(topic, name="trail.events")(self._agent)
+            app.timer(TICK_S, name="trail.tick")(self._tick)
+            app.on_partitions_revoked.connect(self._revoked)
+            app.on_partitions_assigned.connect(self._assigned)
+            await app.start()
+            log.info(
+                "worker %s (Faust app %s) consuming %s (%d partitions)",
+                self.worker_id,
+                settings.app_id,
+                settings.events_topic,
+                self.events_partitions,
+            )
+            await self._stop.wait()
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            await self._shutdown()
+        return 0
+
+    # -------------------------------------------------------------- the app's parts
+    async def _agent(self, stream: Any) -> None:
+        self._stream = stream
+        try:
+            async for events in stream.noack_take(self.settings.batch_size, TAKE_WITHIN_S):
+                await self._on_events(events)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the worker must stop, not the agent alone
+            self._fail(exc)
+            raise
+
+    async def _tick(self) -> None:
+        if self._stop.is_set() or self._lock.locked():
+            return  # a round is running: it does the tick's work too
+        try:
+            async with self._lock:
+                await self._round({})
+            if self._finished():
+                self.stop()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        log.error("stopping: %r", exc)
+        self._failure = exc
+        self.stop()
+
+    async def _on_events(self, events: Sequence[Any]) -> None:
+        batches: dict[Any, list[Any]] = defaultdict(list)
+        for event in events:
+            batches[event.message.tp].append(event.message)
+            self._unacked[event.message.tp].append(event)
+        async with self._lock:
+            for tp, records in list(batches.items()):
+                if tp.topic != self.settings.events_topic:
+                    continue
+                processor = self.processors.get(tp.partition)
+                if processor is None:
+                    # Not ours (any more): its owner resumes from its own checkpoint.
+                    del batches[tp]
+                elif records[0].offset > processor.offset + 1 and processor.offset >= 0:
+                    # A gap after the state's position (records fetched before a rebalance
+                    # and dropped by Faust): read them again from there.
+                    log.warning(
+                        "partition %d: got offset %d after %d; seeking back",
+                        tp.partition,
+                        records[0].offset,
+                        processor.offset,
+                    )
+                    await self._seek(tp, processor.offset + 1)
+                    del batches[tp]
+            await self._round(batches)
+        if self._finished():
+            self.stop()
+
+    async def _revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
+        await self.on_revoked(list(revoked))
+        for tp in revoked:
+            self._unacked.pop(tp, None)
+
+    async def _assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
+        await self.on_assigned(list(assigned))
+
+    # -------------------------------------------------------------- the group consumer
+    async def _seek(self, tp: Any, offset: int) -> None:
+        await self.app.consumer.seek(tp, offset)
+
+    async def _seek_to_beginning(self, tp: Any) -> None:
+        await self._seek(tp, await self._beginning(tp))
+
+    async def _committed(self, tp: Any) -> int | None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**client_options(self.settings), request_timeout_ms=30_000)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.settings.app_id, partitions=[tp])
+        finally:
+            await admin.close()
+        found = offsets.get(tp)
+        return None if found is None or found.offset < 0 else int(found.offset)
+
+    def _highwater(self, tp: Any) -> int | None:
+        try:
+            highwater = self.app.consumer.highwater(tp)
+        except Exception:
+            return None
+        return None if highwater is None else int(highwater)
+
+    async def _commit_offsets(self, offsets: Mapping[Any, int]) -> None:
+        """Acknowledge every event below each offset: Faust commits acknowledged offsets."""
+        if self._stream is None:
+            return
+        for tp, offset in offsets.items():
+            pending = self._unacked.get(tp)
+            while pending and pending[0].message.offset < offset:
+                await self._stream.ack(pending.popleft())
+
+    def _consuming(self) -> bool:
+        return self.app is not None
+
+    async def _stop_consumer(self) -> None:
+        if self.app is not None:
+            try:
+                await self.app.stop()
+            except Exception:
+                log.exception("the Faust app did not stop cleanly")
