@@ -23,7 +23,6 @@ from export.runtime import (
     ReloadingScorer,
 )
 from model.scorer import TrailScorer
-from model.tiny import build_tiny_model
 from model.trail import TrailConfig, TrailModel
 from streams.cli import main as trail
 from streams.engine import Engine, EngineConfig, WindowResult
@@ -44,11 +43,10 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TRAIL adapter on the tiny model whose LoRA and head are not zero (as if trained)."""
-    base = build_tiny_model(tmp_path_factory.mktemp("tiny"))
     torch.manual_seed(0)
-    model = TrailModel.from_base(TrailConfig(base_model=str(base), lora_top_fraction=1.0))
+    model = TrailModel.from_base(TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0))
     with torch.no_grad():
         for name, parameter in model.lm.named_parameters():
             if "lora_B" in name:  # zero at initialisation: the merge would change nothing
@@ -71,22 +69,6 @@ def exported(adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def torch_model(adapter: Path) -> TrailModel:
     return TrailModel.load(adapter)
-
-
-@pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small log with rising and falling items: 120 days, 12 items."""
-    folder = tmp_path_factory.mktemp("log")
-    rng = np.random.default_rng(0)
-    lines = ["user_id,item_id,timestamp"]
-    for day in range(120):
-        for item in range(12):
-            rate = 1 + (item % 4) * (day / 30 if item < 6 else (120 - day) / 30)
-            for _ in range(rng.poisson(rate)):
-                lines.append(f"u{rng.integers(50)},{item},{day * DAY + int(rng.integers(DAY))}")
-    path = folder / "events.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_manifest_records_validation_versions_and_hashes(exported: Path, adapter: Path) -> None:

@@ -5,42 +5,26 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from model.scorer import TrailScorer
-from model.tiny import build_tiny_model
 from model.trail import TrailConfig, TrailModel
 from model.training import TrainConfig, step_loss, train
 from streams.cli import main as trail
 
-DAY = 86_400
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def snapshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real snapshots of a small synthetic log, written by `trail replay`."""
-    folder = tmp_path_factory.mktemp("log")
-    rng = np.random.default_rng(0)
-    lines = ["user_id,item_id,timestamp"]
-    for day in range(120):
-        for item in range(12):
-            rate = 1 + (item % 4) * (day / 30 if item < 6 else (120 - day) / 30)
-            for _ in range(rng.poisson(rate)):
-                lines.append(f"u{rng.integers(50)},{item},{day * DAY + int(rng.integers(DAY))}")
-    (folder / "events.csv").write_text("\n".join(lines) + "\n")
+def snapshots(events: Path) -> Path:
+    """Real snapshots of the toy log, written by `trail replay`."""
+    folder = events.parent
     out = folder / "snapshots"
     assert (
         trail(
             [
                 "replay",
-                str(folder / "events.csv"),
+                str(events),
                 "--window",
                 "7d",
                 "--scorer",
