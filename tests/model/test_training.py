@@ -14,7 +14,6 @@ from model.training import TrainConfig, step_loss, train
 from streams.cli import main as trail
 
 
-
 @pytest.fixture(scope="module")
 def snapshots(events: Path) -> Path:
     """Real snapshots of the toy log, written by `trail replay`."""
