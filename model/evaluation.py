@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,9 @@ def evaluate_scorer(
             )
         )
     engine = Engine(config, scorer, score_from_window=windows.first)
+    started = time.perf_counter()
     summary = replay(log, engine, publishers, windows, progress=progress)
+    seconds = time.perf_counter() - started
     guard = getattr(scorer, "guard", None)
     rankings = {end: record.ranking for end, record in collector.records.items()}
     pairs = score_pairs(rankings, targets, KS)
@@ -165,6 +168,9 @@ def evaluate_scorer(
     metrics["HR@10_ci"] = list(bootstrap_interval(pairs.hr[10]))
     metrics["NDCG@10_ci"] = list(bootstrap_interval(pairs.ndcg[10]))
     metrics["pairs"] = int(pairs.hr[10].size)
+    # The whole replay with this scorer (state updates, scoring, explanations), model loading
+    # excluded: what a rerun of the evaluation windows costs.
+    metrics["seconds"] = round(seconds, 1)
     metrics["spearman"] = _spearman(collector.records, targets, log, config.trend.window.length)
     for category in TREND_CATEGORIES:
         allowed = {
