@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from export.onnx_export import DEFAULT_MAX_ABS_DIFF, DEFAULT_OPSET, DEFAULT_PROMPTS
+    from export import DEFAULT_MAX_ABS_DIFF, DEFAULT_OPSET, DEFAULT_PROMPTS
 
     parser.add_argument(
         "adapter",

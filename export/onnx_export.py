@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export import DEFAULT_MAX_ABS_DIFF, DEFAULT_OPSET, DEFAULT_PROMPTS
 from export.runtime import (
     CPU,
     GENERATOR_DIR,
@@ -51,13 +52,12 @@ from export.runtime import (
     export_files,
     sha256_file,
 )
+from model.explain import forecast_sentence
+from model.priors import prior_log_count
 from model.scorer import adapter_version
-from model.trail import TrailModel, forecast_sentence, prior_log_count
+from model.trail import TrailModel
 from schemas import ItemFeatures
 
-DEFAULT_OPSET = 18
-DEFAULT_MAX_ABS_DIFF = 1e-3
-DEFAULT_PROMPTS = 8
 #: Above this many bytes of weights an ONNX file keeps them in a side file (protobuf's 2 GB cap).
 EXTERNAL_DATA_BYTES = 1_500_000_000
 
