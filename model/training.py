@@ -29,8 +29,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from model.explain import perturb, verbalize
-from model.trail import TrailConfig, TrailModel, forecast_sentence, prior_log_count
+from model.explain import forecast_sentence, perturb, verbalize
+from model.priors import prior_log_count
+from model.trail import TrailConfig, TrailModel
 from schemas import ItemFeatures, WindowSnapshotRow
 
 CHECKPOINT = "checkpoint.pt"
