@@ -111,6 +111,13 @@ class WorkerMetrics:
         self.trending_published = Counter(
             "trail_trending_published", "Merged global trending snapshots published", registry=r
         )
+        self.scorer_failures = Counter(
+            "trail_scorer_failures",
+            "Windows whose scorer raised (score: ranked by the ewma-1 fallback instead; "
+            "explain: left unexplained)",
+            ["stage"],
+            registry=r,
+        )
         self._server: Any = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:  # noqa: S104 - a metrics port

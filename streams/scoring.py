@@ -9,7 +9,9 @@ next window's true counts are known. The engine never knows which implementation
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +19,8 @@ import numpy.typing as npt
 from streams.trend.features import FeatureFrame
 
 FloatArray = npt.NDArray[np.float64]
+
+log = logging.getLogger("trail.scoring")
 
 
 @runtime_checkable
@@ -53,3 +57,85 @@ class SilentScorer:
 
     def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
         return None
+
+
+class FallbackScorer:
+    """``primary``, except for a window where it raises: that window is ranked by ``fallback``.
+
+    A scorer failure (a CUDA error, a corrupt model file found late) must not stop a stream
+    or make it crash-loop on the same records. The window whose ``score`` raised is ranked by
+    the fallback and carries the fallback's ``version``, so its ScoreUpdates never share an
+    idempotency key with the primary's; the next window tries the primary again. A failed
+    ``explain`` leaves that window's items unexplained. Every failure is logged with its
+    traceback and counted in ``failures`` (and reported to ``on_failure``). Other attributes
+    (``state_dict``, ...) are the primary's.
+
+    >>> class Broken(SilentScorer):
+    ...     name, version = "broken", "broken@1"
+    ...     def score(self, features):
+    ...         raise RuntimeError("out of memory")
+    >>> class Zeros(SilentScorer):
+    ...     name, version = "zeros", "zeros@1"
+    ...     def score(self, features):
+    ...         return np.zeros(len(features))
+    >>> scorer = FallbackScorer(Broken(), Zeros())
+    >>> scorer.score([1, 2]).tolist(), scorer.version, scorer.failures
+    ([0.0, 0.0], 'zeros@1', 1)
+    """
+
+    def __init__(
+        self,
+        primary: Scorer,
+        fallback: Scorer,
+        on_failure: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.on_failure = on_failure
+        self.failures = 0
+        self._fell_back = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "primary":  # not set yet (unpickling, copy): no recursion
+            raise AttributeError(name)
+        return getattr(self.primary, name)
+
+    @property
+    def name(self) -> str:
+        return self.primary.name
+
+    @property
+    def learns_online(self) -> bool:
+        return self.primary.learns_online
+
+    @property
+    def version(self) -> str:
+        return self.fallback.version if self._fell_back else self.primary.version
+
+    def _failed(self, stage: str, exc: BaseException) -> None:
+        self.failures += 1
+        log.error("scorer %s failed in %s: %r", self.primary.name, stage, exc, exc_info=exc)
+        if self.on_failure is not None:
+            self.on_failure(stage, exc)
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        try:
+            scores = self.primary.score(features)
+        except Exception as exc:
+            self._failed("score", exc)
+            self._fell_back = True
+            return self.fallback.score(features)
+        self._fell_back = False
+        return scores
+
+    def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
+        if self._fell_back:
+            return self.fallback.explain(features, scores)
+        try:
+            return self.primary.explain(features, scores)
+        except Exception as exc:
+            self._failed("explain", exc)
+            return [None] * len(features)
+
+    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+        self.primary.learn(features, next_counts)

@@ -49,6 +49,10 @@ Exactness after a restart holds for scorers without hidden state (the baselines)
 scorers that expose ``state_dict()`` / ``load_state_dict()``; an online learner without them
 (River) restarts its learning from the checkpoint on.
 
+A scorer that raises does not stop the worker: that window is ranked by the ewma-1 baseline
+and published under its version (:class:`~streams.scoring.FallbackScorer`), and the failure is
+logged and counted (``trail_scorer_failures_total``).
+
 The group consumer here is aiokafka's (``--runtime aiokafka``, the default);
 :mod:`streams.faust_worker` hosts the same worker in a Faust app (``--runtime faust``) by
 overriding the few methods under "the group consumer" below.
@@ -90,6 +94,7 @@ from streams.kafka_io import (
     late_letter,
 )
 from streams.partitioning import partition_for, partition_for_key
+from streams.scoring import FallbackScorer
 from streams.settings import Settings
 from streams.trend.state import TrendConfig, TrendState
 from streams.trend.windows import parse_duration
@@ -1155,7 +1160,13 @@ class Worker:
             )
 
     def _processor(self, partition: int, checkpoint: Checkpoint | None) -> PartitionProcessor:
-        scorer = TimedScorer(self.scorer_factory())
+        from model.baselines import EWMA
+
+        def failed(stage: str, exc: BaseException) -> None:
+            self.metrics.scorer_failures.labels(stage).inc()
+
+        # A scorer that raises must neither stop the stream nor crash-loop on the same records.
+        scorer = TimedScorer(FallbackScorer(self.scorer_factory(), EWMA(1), on_failure=failed))
         if checkpoint is None:
             engine = Engine(self.config, scorer)  # type: ignore[arg-type]
             if self.items:

@@ -143,3 +143,31 @@ def test_state_round_trips_when_metadata_registered_more_items_than_seen() -> No
         ["3"], np.array([2 * DAY + 1])
     )
     assert results[0].ranking() == ["2", "1"]
+
+
+def test_a_failing_scorer_falls_back_for_that_window_only() -> None:
+    from streams.scoring import FallbackScorer
+
+    class FailsOnce(LastWindow):
+        calls = 0
+
+        def score(self, features):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("CUDA out of memory")
+            return super().score(features)
+
+    failures: list[str] = []
+    scorer = FallbackScorer(
+        FailsOnce(), EWMA(1), on_failure=lambda stage, exc: failures.append(stage)
+    )
+    ids, ts = synthetic_stream()
+    results = run(Engine(config(), scorer), ids, ts, batch=500)
+    reference = run(Engine(config(), EWMA(1)), ids, ts, batch=500)
+    plain = run(Engine(config(), LastWindow()), ids, ts, batch=500)
+    versions = [r.model_version for r in results]
+    assert versions[2] == EWMA(1).version and failures == ["score"] and scorer.failures == 1
+    assert results[2].ranking() == reference[2].ranking()
+    others = [i for i in range(len(results)) if i != 2]
+    assert all(versions[i] == LastWindow().version for i in others)
+    assert all(results[i].ranking() == plain[i].ranking() for i in others)
