@@ -8,12 +8,15 @@ online River regression on the trend features.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from river import linear_model, optim
+import river
+from river import linear_model, optim, utils
 
 from streams.scoring import SilentScorer
 from streams.trend.features import FeatureFrame
@@ -99,6 +102,9 @@ def trend_feature_table(features: FeatureFrame) -> pd.DataFrame:
     return pd.DataFrame(table).clip(-20.0, 20.0)
 
 
+RIVER_STATE_FORMAT = "river-linear-adam@1"
+
+
 class RiverRegressor(SilentScorer):
     """An online linear regression (River) from the trend signals to ``log(1 + next count)``.
 
@@ -139,6 +145,50 @@ class RiverRegressor(SilentScorer):
             return np.log1p(features.count)
         predictions = self._model.predict_many(trend_feature_table(features))
         return np.asarray(predictions, dtype=np.float64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What was learned, as plain JSON-able values (the worker checkpoints it; no pickle).
+
+        The weights, the intercept and Adam's moments and step count are all the state a
+        River ``LinearRegression`` with Adam carries between ``learn_many`` calls, so a
+        restored scorer continues exactly as the original would have.
+        """
+        optimizer = self._model.optimizer
+        return {
+            "format": RIVER_STATE_FORMAT,
+            "river": river.__version__,
+            "learned_windows": self._learned_windows,
+            "weights": {str(k): float(v) for k, v in self._model._weights.to_dict().items()},
+            "intercept": float(self._model.intercept),
+            "adam_steps": int(optimizer.n_iterations),
+            "adam_m": None
+            if optimizer.m is None
+            else {str(k): float(v) for k, v in optimizer.m.items()},
+            "adam_v": None
+            if optimizer.v is None
+            else {str(k): float(v) for k, v in optimizer.v.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output (same state format and River version)."""
+        if state.get("format") != RIVER_STATE_FORMAT:
+            raise ValueError(
+                f"river scorer state format {state.get('format')!r} is not {RIVER_STATE_FORMAT!r}"
+            )
+        if state.get("river") != river.__version__:
+            raise ValueError(
+                f"river scorer state was written by River {state.get('river')}, this is "
+                f"{river.__version__}: its internals may differ, so it is not loaded"
+            )
+        model = self._model
+        model._weights = utils.VectorDict(dict(state["weights"]))
+        model.intercept = float(state["intercept"])
+        optimizer = model.optimizer
+        optimizer.n_iterations = int(state["adam_steps"])
+        for name in ("m", "v"):
+            values = state[f"adam_{name}"]
+            setattr(optimizer, name, None if values is None else defaultdict(float, values))
+        self._learned_windows = int(state["learned_windows"])
 
 
 #: Scorer names on the command line (DESIGN.md) that need no model files.

@@ -181,6 +181,23 @@ class Engine:
         self.score_from_window = score_from_window
         self._pending_snapshot: tuple[FeatureFrame, IndexArray] | None = None
 
+    def pending_state_dict(self) -> dict[str, Any] | None:
+        """The last closed window's retraining rows, which the next close needs (for an
+        online learner's ``learn`` and for snapshots): a checkpoint keeps them beside the trend
+        state, so that a restored engine continues exactly. None before the first close."""
+        if self._pending_snapshot is None:
+            return None
+        features, active = self._pending_snapshot
+        return {"features": features.take(active).to_dict()}
+
+    def load_pending_state_dict(self, data: dict[str, Any] | None) -> None:
+        """Restore what :meth:`pending_state_dict` returned (None: nothing pending)."""
+        if data is None:
+            self._pending_snapshot = None
+            return
+        features = FeatureFrame.from_dict(data["features"], self.state.catalog.meta)
+        self._pending_snapshot = (features, np.arange(len(features), dtype=np.int64))
+
     @property
     def catalog_size(self) -> int:
         return len(self.state.catalog)

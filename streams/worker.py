@@ -46,8 +46,10 @@ State, offsets and recovery (at-least-once, manual commits):
    and committed before the partitions are let go.
 
 Exactness after a restart holds for scorers without hidden state (the baselines) and for
-scorers that expose ``state_dict()`` / ``load_state_dict()``; an online learner without them
-(River) restarts its learning from the checkpoint on.
+scorers that expose ``state_dict()`` / ``load_state_dict()`` (the River regression does: its
+weights and optimizer moments travel in the checkpoint, beside the last window's retraining
+rows that its next ``learn`` needs); an online learner without them restarts its learning
+from the checkpoint on, with a warning.
 
 A scorer that raises does not stop the worker: that window is ranked by the ewma-1 baseline
 and published under its version (:class:`~streams.scoring.FallbackScorer`), and the failure is
@@ -548,6 +550,7 @@ class PartitionProcessor:
             "partition": self.partition,
             "offset": self.offset,
             "trend_state": trend_state,
+            "pending": self.engine.pending_state_dict(),
             "metadata": metadata,
             "scorer": {
                 "name": getattr(self.scorer, "name", None),
@@ -1207,6 +1210,7 @@ class Worker:
                 getattr(scorer, "name", "?"),
             )
         engine = Engine(self.config, scorer, state=state)  # type: ignore[arg-type]
+        engine.load_pending_state_dict(payload.get("pending"))
         counters = Counters(**{k: int(v) for k, v in (payload.get("counters") or {}).items()})
         return PartitionProcessor(self, partition, engine, scorer, checkpoint.offset, counters)
 

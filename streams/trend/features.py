@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +46,24 @@ class TrendThresholds:
         codes[momentum <= 1.0 / self.rising_momentum] = 1
         codes[age_windows < self.new_item_windows] = 3
         return codes
+
+
+#: The per-item arrays of a :class:`FeatureFrame` and their dtypes (for its dict form).
+_ARRAY_FIELDS: dict[str, type] = {
+    "rows": np.int64,
+    "count": np.float64,
+    "total": np.float64,
+    "recent": np.float64,
+    "ew": np.float64,
+    "momentum": np.float64,
+    "slope": np.float64,
+    "accel": np.float64,
+    "burstiness": np.float64,
+    "age_windows": np.int64,
+    "share": np.float64,
+    "category_momentum": np.float64,
+    "trend": np.int8,
+}
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,43 @@ class FeatureFrame:
             category_momentum=self.category_momentum[positions],
             trend=self.trend[positions],
             meta=self.meta,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (lists, no numpy, no pickle); :meth:`from_dict` inverts it.
+
+        The item metadata is not included: it belongs to the catalog, which is stored apart.
+        """
+        data: dict[str, Any] = {
+            "window_index": self.window_index,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "window_seconds": self.window_seconds,
+            "half_lives": list(self.half_lives),
+            "item_ids": [str(i) for i in self.item_ids],
+        }
+        for name in _ARRAY_FIELDS:
+            data[name] = getattr(self, name).tolist()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], meta: Mapping[str, ItemMeta]) -> FeatureFrame:
+        """The frame :meth:`to_dict` described, with the catalog's ``meta``."""
+        arrays: dict[str, npt.NDArray[Any]] = {
+            name: np.asarray(data[name], dtype=dtype) for name, dtype in _ARRAY_FIELDS.items()
+        }
+        size = len(data["item_ids"])
+        arrays["recent"] = arrays["recent"].reshape(size, -1)
+        arrays["ew"] = arrays["ew"].reshape(size, len(data["half_lives"]))
+        return cls(
+            window_index=int(data["window_index"]),
+            window_start=int(data["window_start"]),
+            window_end=int(data["window_end"]),
+            window_seconds=int(data["window_seconds"]),
+            item_ids=np.asarray(data["item_ids"], dtype=object),
+            half_lives=tuple(float(h) for h in data["half_lives"]),
+            meta=meta,
+            **arrays,
         )
 
     def trend_name(self, position: int) -> TrendCategory:

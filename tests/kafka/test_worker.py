@@ -224,14 +224,9 @@ def _mid_window_cut(log: EventLog, around: int) -> int:
     return int(np.searchsorted(log.timestamps, middle, side="left"))
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
-def test_kill_9_mid_window_then_restart_gives_the_same_scores(
-    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected, runtime: str
+def _kill_mid_window_and_restart(
+    settings: Settings, tmp_path: Path, slice_log: EventLog, expected: Expected
 ) -> None:
-    # Checkpoints only at window closes: the open window's events are lost with the process.
-    settings = unique_settings(
-        kafka_bootstrap, "kill", checkpoint_interval="3600s", batch_size=1000, runtime=runtime
-    )
     cut = _mid_window_cut(slice_log, 12_000)
     produce(settings, slice_log, stop=cut)
     first = WorkerProcess(settings, tmp_path, "first")
@@ -256,11 +251,34 @@ def test_kill_9_mid_window_then_restart_gives_the_same_scores(
     # It resumed from the last checkpoint (the last window close before the kill), so it
     # re-applied the killed window's events but not everything.
     assert N_SLICE - cut < resumed < N_SLICE
-    records = read_topics(kafka_bootstrap, settings.scores_topic)[settings.scores_topic]
+    records = read_topics(settings.broker, settings.scores_topic)[settings.scores_topic]
     got, _ = dedupe(score_updates(records))
     assert_same_updates(got, expected)
     expected_windows = windows_by_partition(expected.updates.values(), PARTITIONS)
     assert windows_by_partition(got.values(), PARTITIONS) == expected_windows
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_kill_9_mid_window_then_restart_gives_the_same_scores(
+    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected, runtime: str
+) -> None:
+    # Checkpoints only at window closes: the open window's events are lost with the process.
+    settings = unique_settings(
+        kafka_bootstrap, "kill", checkpoint_interval="3600s", batch_size=1000, runtime=runtime
+    )
+    _kill_mid_window_and_restart(settings, tmp_path, slice_log, expected)
+
+
+def test_kill_9_with_the_online_river_scorer_gives_the_same_scores(
+    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog
+) -> None:
+    """River learns online: its weights, its optimizer and the last window's retraining rows
+    travel in the checkpoint, so the restarted worker scores exactly like an uninterrupted one."""
+    settings = unique_settings(
+        kafka_bootstrap, "river", scorer="river", checkpoint_interval="3600s", batch_size=1000
+    )
+    expected = expected_outputs(slice_log, PARTITIONS, settings)
+    _kill_mid_window_and_restart(settings, tmp_path, slice_log, expected)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -69,21 +69,28 @@ def test_late_events_within_grace_count_and_later_ones_are_marked() -> None:
     assert engine.state.late_events == 1
 
 
-def test_state_round_trip_mid_stream_gives_identical_results() -> None:
+@pytest.mark.parametrize("make_scorer", [lambda: EWMA(1), RiverRegressor])
+def test_state_round_trip_mid_stream_gives_identical_results(make_scorer) -> None:
     ids, ts = synthetic_stream(seed=3)
     half = len(ids) // 2
-    uninterrupted = run(Engine(config(), EWMA(1)), ids, ts, batch=500)
+    uninterrupted = run(Engine(config(), make_scorer()), ids, ts, batch=500)
 
-    first = Engine(config(), EWMA(1))
+    scorer = make_scorer()
+    first = Engine(config(), scorer)
     before = run(first, ids[:half], ts[:half], batch=500)
     saved = orjson.loads(orjson.dumps(first.state.state_dict()))
-    second = Engine(config(), EWMA(1), state=TrendState.from_state_dict(saved))
+    restored = make_scorer()
+    if hasattr(scorer, "state_dict"):  # the online learner: what it learned travels too
+        restored.load_state_dict(orjson.loads(orjson.dumps(scorer.state_dict())))
+    second = Engine(config(), restored, state=TrendState.from_state_dict(saved))
+    second.load_pending_state_dict(orjson.loads(orjson.dumps(first.pending_state_dict())))
     after = run(second, ids[half:], ts[half:], batch=500)
 
     resumed = before + after
     assert [r.window.end for r in resumed] == [r.window.end for r in uninterrupted]
     for a, b in zip(resumed, uninterrupted, strict=True):
         assert a.ranking() == b.ranking()
+        np.testing.assert_array_equal(a.scores, b.scores)
         assert [u.model_dump() for u in a.score_updates()] == [
             u.model_dump() for u in b.score_updates()
         ]
