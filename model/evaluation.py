@@ -265,30 +265,7 @@ class EvaluationReport:
 
     def plot(self, path: Path) -> None:
         """PNG of HR@10 per evaluated window, one line per scorer."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(figsize=(9, 4.5))
-        for r in self.reports:
-            ends = sorted(r.hr10_per_window)
-            axes.plot(
-                [np.datetime64(int(e), "s") for e in ends],
-                [r.hr10_per_window[e] for e in ends],
-                marker="o",
-                label=r.name,
-            )
-        axes.set_title(f"HR@10 per window: {self.dataset}")
-        axes.set_ylabel("HR@10")
-        axes.set_xlabel("end of the ranked window")
-        axes.legend(fontsize=8)
-        axes.grid(alpha=0.3)
-        figure.autofmt_xdate()
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
+        plot_hr10_per_window(self.dataset, {r.name: r.hr10_per_window for r in self.reports}, path)
 
     def write(
         self, json_path: Path | None, markdown_path: Path | None, plot_path: Path | None
@@ -345,3 +322,33 @@ def evaluate(
             )
         )
     return EvaluationReport(log.name, window_seconds, windows, reports)
+
+
+def plot_hr10_per_window(
+    dataset: str, per_window: Mapping[str, Mapping[int, float]], path: Path
+) -> None:
+    """PNG of HR@10 per evaluated window (window end, unix s), one line per scorer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    for name, values in per_window.items():
+        ends = sorted(values)
+        axes.plot(
+            [np.datetime64(int(e), "s") for e in ends],
+            [values[e] for e in ends],
+            marker="o",
+            label=name,
+        )
+    axes.set_title(f"HR@10 per window: {dataset}")
+    axes.set_ylabel("HR@10")
+    axes.set_xlabel("end of the ranked window")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

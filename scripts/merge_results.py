@@ -2,7 +2,8 @@
 
 Lets one scorer be re-run (a retrained TRAIL adapter, say) without re-running the others.
 Both files must describe the same dataset, window length and test windows, or nothing is
-written. Scorers present in both are replaced by the newer file's results.
+written. Scorers present in both are replaced by the newer file's results. The HR@10 plot
+beside INTO (same name, .png) is drawn again from the merged results.
 
 Usage: python scripts/merge_results.py INTO.json FROM.json
 """
@@ -12,6 +13,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.evaluation import plot_hr10_per_window  # noqa: E402
 
 PROTOCOL = ("dataset", "window_seconds", "test_windows", "first_window_end", "last_window_end")
 
@@ -35,7 +40,12 @@ def main() -> int:
     for section in ("results", "hr10_per_window"):
         into[section].update(new[section])
     into_path.write_text(json.dumps(into, indent=2) + "\n")
-    print(f"merged {', '.join(new['results'])} into {into_path}")
+    per_window = {
+        name: {int(end): hr for end, hr in values.items()}
+        for name, values in into["hr10_per_window"].items()
+    }
+    plot_hr10_per_window(into["dataset"], per_window, into_path.with_suffix(".png"))
+    print(f"merged {', '.join(new['results'])} into {into_path} (plot redrawn)")
     return 0
 
 

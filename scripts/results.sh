@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild RESULTS.md: `trail evaluate` of every scorer (baselines, River, the untuned base LM,
 # TRAIL, and SASRec as the personalized reference) on the three datasets, last 8 windows.
-# Usage: bash scripts/results.sh [OUT_DIR]   (about half an hour on 2 CPU cores)
+# Usage: bash scripts/results.sh [OUT_DIR]   (well over an hour on 2 CPU cores)
+# To re-run one scorer only (a retrained adapter, say):
+#   trail evaluate DATASET --window W --test-windows 8 --scorer trail --json new.json
+#   python scripts/merge_results.py docs/results/DATASET.json new.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/results}
@@ -15,7 +18,7 @@ for spec in ml-100k:7d ml-1m:7d amazon-beauty:30d; do
   echo "== $name ($window windows)" >&2
   .venv/bin/trail evaluate "$name" --window "$window" --test-windows 8 "${args[@]}" \
     --with-sasrec --sasrec-epochs "${SASREC_EPOCHS:-30}" --no-progress \
-    --json "$out/$name.json" --markdown "$out/$name.md" --plot "$out/$name.png"
+    --json "$out/$name.json" --plot "$out/$name.png"
 done
 .venv/bin/python scripts/write_results.py "$out" > RESULTS.md
 echo "wrote RESULTS.md" >&2
