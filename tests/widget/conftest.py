@@ -6,18 +6,12 @@
 per session, driven by Playwright's sync API; tests that need it are skipped with a clear
 message when it is missing (``apt-get install chromium``). Never ``playwright install``.
 
-``kafka_bootstrap`` is the fixture of ``tests/kafka/conftest.py``, loaded from its file
-(``tests`` is not an importable package here), so the widget's Kafka test uses the same
-private broker script. Note: a session that collects both folders starts one broker per
-folder (session fixtures are per conftest); hoisting the Kafka fixtures into a top-level
-``tests/conftest.py`` would share one. ``widget_topics`` replaces ``kafka_topic_factory``,
-whose ``asyncio.run`` fails while a Playwright browser is alive in the same thread.
+The Kafka fixtures (``kafka_bootstrap``, ``kafka_topic_factory``, ``in_thread``) come from
+``tests/conftest.py``: the widget's Kafka test shares the session's one private broker.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -27,8 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,69 +42,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 START_TIMEOUT_S = 60.0
-
-
-def _load_kafka_fixtures() -> Any:
-    path = REPO_ROOT / "tests" / "kafka" / "conftest.py"
-    if not path.exists():
-        return None
-    spec = importlib.util.spec_from_file_location("_trail_kafka_fixtures", path)
-    if spec is None or spec.loader is None:
-        return None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_kafka = _load_kafka_fixtures()
-if _kafka is not None:
-    kafka_script_env = _kafka.kafka_script_env
-    kafka_bootstrap = _kafka.kafka_bootstrap
-
-
-def run_async(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """``asyncio.run(function(*args))`` in a worker thread.
-
-    Playwright's sync API keeps an event loop running on the main thread for as long as the
-    browser lives, so ``asyncio.run`` there fails ("cannot be called from a running event
-    loop"); a fresh thread has no loop.
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = asyncio.run(function(*args))
-        except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-@pytest.fixture
-def widget_topics(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
-    """Like ``kafka_topic_factory`` of tests/kafka, but safe beside a Playwright browser."""
-    if _kafka is None:
-        pytest.skip("tests/kafka/conftest.py is missing")
-    created: list[str] = []
-
-    def create(partitions: int = 1, prefix: str = "t") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        run_async(_kafka._create_topic, kafka_bootstrap, name, partitions, 30.0)
-        created.append(name)
-        return name
-
-    yield create
-    if created:
-        try:
-            run_async(_kafka._delete_topics, kafka_bootstrap, created)
-        except Exception as exc:  # best effort: the broker's data dir is thrown away anyway
-            sys.stderr.write(f"[widget] could not delete topics {created}: {exc}\n")
 
 
 @dataclass
@@ -280,9 +210,3 @@ class PageHelpers:
 @pytest.fixture(scope="session")
 def ui() -> PageHelpers:
     return PageHelpers()
-
-
-@pytest.fixture(scope="session")
-def in_thread() -> Callable[..., Any]:
-    """:func:`run_async` as a fixture (test modules here cannot import the conftest)."""
-    return run_async

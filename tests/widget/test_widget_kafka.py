@@ -75,10 +75,10 @@ def wait_health(server: Any, check: Any, timeout: float = 30.0) -> dict[str, Any
 
 
 def test_kafka_topics_drive_the_page(
-    kafka_bootstrap, widget_topics, widget_server, page, artifacts, ui, in_thread
+    kafka_bootstrap, kafka_topic_factory, widget_server, page, artifacts, ui, in_thread
 ) -> None:
-    trending = widget_topics(partitions=1, prefix="trending")
-    scores = widget_topics(partitions=2, prefix="scores")
+    trending = kafka_topic_factory(partitions=1, prefix="trending")
+    scores = kafka_topic_factory(partitions=2, prefix="scores")
     windows = engine_windows(5)
     assert len(windows) >= 4
     server = widget_server(

@@ -1,11 +1,14 @@
-"""Fixtures for tests against a real Apache Kafka broker (see compose/kafka.sh).
+"""Fixtures for tests against a real Apache Kafka broker (see compose/kafka.sh), shared by
+tests/kafka and tests/widget so that one session starts one broker.
 
 ``kafka_bootstrap`` (session): starts a private single-node KRaft broker on free ports with a
 fresh data dir under pytest's tmp dir, yields ``"127.0.0.1:PORT"`` and stops it at session end.
 With ``TRAIL_KAFKA_BOOTSTRAP`` set, that broker is used as is and nothing is started or stopped.
 
 ``kafka_topic_factory``: ``create(partitions=4, prefix="t") -> name`` creates a uniquely named
-topic, waits until every partition has a leader, and deletes the topics after the test.
+topic, waits until every partition has a leader, and deletes the topics after the test. Its
+admin calls run in a fresh thread (:func:`run_in_thread`), so it also works beside a
+Playwright browser, whose sync API keeps an event loop running on the main thread.
 
 The tests themselves carry ``pytestmark = pytest.mark.kafka``; deselect with ``-m "not kafka"``.
 """
@@ -18,14 +21,16 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO_ROOT / "compose" / "kafka.sh"
 # First run fetches ~45 MB of jars with Maven; later runs start in a few seconds.
 START_TIMEOUT_S = float(os.environ.get("TRAIL_KAFKA_START_TIMEOUT", "90"))
@@ -172,6 +177,30 @@ async def _delete_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
+def run_in_thread(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``asyncio.run(function(*args))`` in a fresh thread, which has no running event loop."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(function(*args))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+@pytest.fixture
+def in_thread() -> Callable[..., Any]:
+    """:func:`run_in_thread` as a fixture (test modules cannot import a conftest)."""
+    return run_in_thread
+
+
 @pytest.fixture
 def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
     """Create uniquely named topics: ``name = kafka_topic_factory(partitions=4, prefix="t")``."""
@@ -179,7 +208,7 @@ def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
 
     def create(partitions: int = 4, prefix: str = "t", timeout_s: float = 30.0) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        asyncio.run(_create_topic(kafka_bootstrap, name, partitions, timeout_s))
+        run_in_thread(_create_topic, kafka_bootstrap, name, partitions, timeout_s)
         created.append(name)
         return name
 
@@ -187,6 +216,6 @@ def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
 
     if created:
         try:
-            asyncio.run(_delete_topics(kafka_bootstrap, created))
+            run_in_thread(_delete_topics, kafka_bootstrap, created)
         except Exception as exc:  # best effort: the broker's data dir is thrown away anyway
             sys.stderr.write(f"[kafka] could not delete topics {created}: {exc}\n")
