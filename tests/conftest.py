@@ -63,9 +63,10 @@ def _script_env(port: int, controller_port: int, data_dir: Path) -> dict[str, st
     return env
 
 
-def _run_script(
-    command: str, env: dict[str, str], timeout: float
+def run_kafka_script(
+    command: str, env: dict[str, str], timeout: float = 120.0
 ) -> subprocess.CompletedProcess[str]:
+    """``bash compose/kafka.sh COMMAND`` with ``env``; its output captured."""
     return subprocess.run(
         ["bash", str(KAFKA_SH), command],
         cwd=REPO_ROOT,
@@ -104,12 +105,12 @@ def kafka_bootstrap(kafka_script_env: dict[str, str]) -> Iterator[str]:
     env = kafka_script_env
     started = time.monotonic()
     try:
-        result = _run_script("start", env, timeout=START_TIMEOUT_S + FETCH_ALLOWANCE_S)
+        result = run_kafka_script("start", env, timeout=START_TIMEOUT_S + FETCH_ALLOWANCE_S)
     except subprocess.TimeoutExpired as exc:
-        _run_script("stop", env, timeout=60)
+        run_kafka_script("stop", env, timeout=60)
         pytest.fail(f"compose/kafka.sh start timed out: {exc}", pytrace=False)
     if result.returncode != 0:
-        _run_script("stop", env, timeout=60)
+        run_kafka_script("stop", env, timeout=60)
         pytest.fail(
             f"compose/kafka.sh start failed (rc={result.returncode}):\n"
             f"{result.stdout}\n{result.stderr}",
@@ -120,7 +121,7 @@ def kafka_bootstrap(kafka_script_env: dict[str, str]) -> Iterator[str]:
         if line.startswith("KAFKA_BOOTSTRAP="):
             bootstrap = line.split("=", 1)[1].strip()
     if not bootstrap:
-        _run_script("stop", env, timeout=60)
+        run_kafka_script("stop", env, timeout=60)
         pytest.fail(f"compose/kafka.sh start printed no KAFKA_BOOTSTRAP:\n{result.stdout}")
     sys.stderr.write(
         f"\n[kafka] broker {bootstrap} ready in {time.monotonic() - started:.1f}s "
@@ -129,7 +130,7 @@ def kafka_bootstrap(kafka_script_env: dict[str, str]) -> Iterator[str]:
     try:
         yield bootstrap
     finally:
-        stop = _run_script("stop", env, timeout=120)
+        stop = run_kafka_script("stop", env, timeout=120)
         if stop.returncode != 0:
             sys.stderr.write(f"[kafka] stop failed: {stop.stdout}\n{stop.stderr}\n")
 
@@ -193,6 +194,12 @@ def run_in_thread(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+@pytest.fixture
+def kafka_script() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """:func:`run_kafka_script` as a fixture."""
+    return run_kafka_script
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 import uuid
 from collections import defaultdict
@@ -113,18 +112,6 @@ def test_produce_and_consume_1000_records_keys_and_partition_order(
     assert all(len(parts) == 1 for parts in key_partitions.values())
 
 
-def _script(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(KAFKA_SH), command],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.fixture
 def own_broker_env(kafka_bootstrap: str, kafka_script_env: dict[str, str]) -> dict[str, str]:
     if os.environ.get("TRAIL_KAFKA_BOOTSTRAP"):
@@ -133,18 +120,20 @@ def own_broker_env(kafka_bootstrap: str, kafka_script_env: dict[str, str]) -> di
 
 
 def test_script_status_reports_running(
-    kafka_bootstrap: str, own_broker_env: dict[str, str]
+    kafka_bootstrap: str, own_broker_env: dict[str, str], kafka_script
 ) -> None:
-    result = _script("status", own_broker_env)
+    result = kafka_script("status", own_broker_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "running" in result.stdout
     assert f"KAFKA_BOOTSTRAP={kafka_bootstrap}" in result.stdout
 
 
-def test_script_start_is_idempotent(kafka_bootstrap: str, own_broker_env: dict[str, str]) -> None:
+def test_script_start_is_idempotent(
+    kafka_bootstrap: str, own_broker_env: dict[str, str], kafka_script
+) -> None:
     pid_file = Path(own_broker_env["TRAIL_KAFKA_DATA"]) / "kafka.pid"
     pid_before = pid_file.read_text().strip()
-    result = _script("start", own_broker_env)
+    result = kafka_script("start", own_broker_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "already running" in result.stderr
     assert f"KAFKA_BOOTSTRAP={kafka_bootstrap}" in result.stdout.splitlines()
