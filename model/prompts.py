@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from model.explain import clean_title, period_name
+from model.explain import clean_title, period_name, read_signals
 from schemas.records import ItemFeatures
 
 #: The system turn of the chat prompt: what to do, in as few tokens as possible.
@@ -81,8 +81,9 @@ def build_prompt(features: ItemFeatures) -> str:
     -------
     str
         Five short lines: item (title, categories); window length, age and trend category;
-        recent counts (oldest first) and total; EW means and momentum; slope, acceleration,
-        burstiness, traffic share and category momentum. Counts keep three significant
+        recent counts (oldest first) and total; EW means, momentum and the direction the
+        checker reads from momentum and slope; slope, traffic share and category momentum
+        (with its direction). Counts keep three significant
         digits, derived signals two (SmolLM2 spends a token per digit). The same features
         always give the same string.
 
@@ -98,8 +99,8 @@ def build_prompt(features: ItemFeatures) -> str:
     "Toy Story (1995)" [Animation, Comedy]
     per week, age 20, trend rising
     counts 10 12 15 20 30 45, total 300
-    EW h1/h4/h8 35/20/13, momentum 2.6x
-    slope +6.8, share 0.4%, genre momentum 1.4x
+    EW h1/h4/h8 35/20/13, momentum 2.6x, direction rising
+    slope +6.8, share 0.4%, genre momentum 1.4x (rising)
     """
     title = clean_title(features.title)
     item = f'"{title}"' if title is not None else "untitled item"
@@ -109,9 +110,14 @@ def build_prompt(features: ItemFeatures) -> str:
     recent = features.recent_counts[-MAX_RECENT:] or (features.count,)
     # h2 is left out: between h1 and h4 it adds tokens, not information.
     ew = (features.ew_1, features.ew_4, features.ew_8)
+    # The rounded ratios cannot show which side of the checker's thresholds a value lies on
+    # (1.1x may be 1.14 or 1.16), so the directions the checker reads are spelled out.
+    sig = read_signals(features)
     signals = f"slope {_signed(features.slope)}, share {format_number(features.share * 100, 2)}%"
     if features.category_momentum is not None:
         signals += f", genre momentum {format_number(features.category_momentum, 2)}x"
+        if sig.category is not None:
+            signals += f" ({sig.category})"
     return "\n".join(
         (
             item,
@@ -120,7 +126,7 @@ def build_prompt(features: ItemFeatures) -> str:
             f"counts {' '.join(format_number(c) for c in recent)}, "
             f"total {format_number(features.total)}",
             f"EW h1/h4/h8 {'/'.join(format_number(v, 2) for v in ew)}, "
-            f"momentum {format_number(features.momentum, 2)}x",
+            f"momentum {format_number(features.momentum, 2)}x, direction {sig.direction}",
             signals,
         )
     )
