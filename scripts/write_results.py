@@ -176,6 +176,9 @@ def main() -> int:
             *explanation_verdicts,
             "",
         ]
+    notes = folder / "notes.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().strip(), ""]
     print("\n".join(lines))
     return 0
 
