@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.explain import forecast_sentence
+from model.explain import complete_sentences, forecast_sentence
 from model.priors import prior_log_count
 from model.prompts import chat_prompt
 from model.scorer import CascadeScorer
@@ -489,7 +489,7 @@ class OrtTrailModel:
         openings = [forecast_sentence(f, float(s)) for f, s in zip(features, scores, strict=True)]
         prompts = [self.prompt_text(f) + o for f, o in zip(features, openings, strict=True)]
         generated = self.generate(prompts)
-        return [(o + text).strip() for o, text in zip(openings, generated, strict=True)]
+        return [complete_sentences(o + t) for o, t in zip(openings, generated, strict=True)]
 
 
 class OrtTrailScorer(CascadeScorer):

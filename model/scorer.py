@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from model.explain import complete_sentences
 from model.priors import prior_scores
 from streams.scoring import Scorer
 from streams.settings import Settings
@@ -183,7 +184,7 @@ class BaseLMScorer:
         answers = self.model.generate([self.model.prompt_text(r) + opening for r in records])
         self._answers = {}
         for position, record, answer in zip(top.tolist(), records, answers, strict=True):
-            self._answers[record.item_id] = opening + answer
+            self._answers[record.item_id] = complete_sentences(opening + answer)
             number = _LEADING_NUMBER.match(answer)
             if number is not None:
                 scores[position] = math.log1p(float(number.group(1).replace(",", "")))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.explain import forecast_sentence
+from model.explain import complete_sentences, forecast_sentence
 from model.priors import prior_log_count
 from model.prompts import chat_prompt
 from schemas import ItemFeatures
@@ -285,7 +285,8 @@ class TrailModel(nn.Module):
             ]
             generated = self.generate(prompts)
             texts += [
-                (opening + text).strip() for opening, text in zip(forced, generated, strict=True)
+                complete_sentences(opening + text)
+                for opening, text in zip(forced, generated, strict=True)
             ]
         return texts
 

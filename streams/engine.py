@@ -10,7 +10,7 @@ evaluation) never pays for them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,19 +220,38 @@ class Engine:
         codes: IndexArray,
         timestamps: FloatArray,
         weights: FloatArray | None = None,
+        on_result: Callable[[WindowResult], None] | None = None,
     ) -> tuple[list[WindowResult], npt.NDArray[np.bool_]]:
-        """Ingest events given by catalog code; returns closed windows and the late mask."""
+        """Ingest events given by catalog code; returns closed windows and the late mask.
+
+        ``on_result`` sees each closed window as soon as it is scored, before the rest of the
+        batch is applied: a batch spanning many windows need not finish before the first one
+        is published (a replay printing windows scored by a slow LM, say).
+        """
         results: list[WindowResult] = []
         ingested = self.state.ingest(
-            codes, timestamps, weights, on_close=lambda w: results.append(self._on_close(w))
+            codes, timestamps, weights, on_close=self._closer(results, on_result)
         )
         return results, ingested.late
 
-    def advance_to(self, watermark_ts: float) -> list[WindowResult]:
+    def advance_to(
+        self, watermark_ts: float, on_result: Callable[[WindowResult], None] | None = None
+    ) -> list[WindowResult]:
         """Close the windows that a watermark at ``watermark_ts`` closes."""
         results: list[WindowResult] = []
-        self.state.advance_to(watermark_ts, on_close=lambda w: results.append(self._on_close(w)))
+        self.state.advance_to(watermark_ts, on_close=self._closer(results, on_result))
         return results
+
+    def _closer(
+        self, results: list[WindowResult], on_result: Callable[[WindowResult], None] | None
+    ) -> Callable[[ClosedWindow], None]:
+        def close(window: ClosedWindow) -> None:
+            result = self._on_close(window)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+
+        return close
 
     def _on_close(self, window: ClosedWindow) -> WindowResult:
         state = self.state

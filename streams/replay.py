@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from streams.datasets import EventLog
-from streams.engine import Engine
+from streams.engine import Engine, WindowResult
 from streams.publish import Publisher
 
 DEFAULT_BATCH = 65_536
@@ -100,24 +100,23 @@ def replay(
         total=usable, unit="ev", unit_scale=True, disable=not progress, desc=f"replay {log.name}"
     )
 
-    def emit(results: list) -> None:  # type: ignore[type-arg]
+    def emit(result: WindowResult) -> None:
         nonlocal closed, scored
-        for result in results:
-            if result.window.index > windows.last_complete:
-                continue
-            closed += 1
-            scored += int(result.scored)
-            for publisher in publishers:
-                publisher.publish(result)
+        if result.window.index > windows.last_complete:
+            return
+        closed += 1
+        scored += int(result.scored)
+        for publisher in publishers:
+            publisher.publish(result)
 
     try:
         for start in range(0, usable, batch_size):
             stop = min(start + batch_size, usable)
-            results, late_mask = engine.ingest(codes[start:stop], timestamps[start:stop])
+            # Each window is published as it closes, not when the whole batch is done.
+            _, late_mask = engine.ingest(codes[start:stop], timestamps[start:stop], on_result=emit)
             late += int(late_mask.sum())
-            emit(results)
             bar.update(stop - start)
-        emit(engine.advance_to(end_ts + engine.config.trend.window.grace))
+        engine.advance_to(end_ts + engine.config.trend.window.grace, on_result=emit)
     finally:
         bar.close()
         for publisher in publishers:
