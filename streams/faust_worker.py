@@ -30,7 +30,6 @@ the group first: the two do not join one group together).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
@@ -149,9 +148,7 @@ class FaustWorker(Worker):
         try:
             async for events in stream.noack_take(self.settings.batch_size, TAKE_WITHIN_S):
                 await self._on_events(events)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the worker must stop, not the agent alone
+        except Exception as exc:  # the worker must stop, not the agent alone
             self._fail(exc)
             raise
 
