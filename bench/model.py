@@ -30,7 +30,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,27 +122,6 @@ def best_rates(runs: dict[str, Callable[[], int]], repeat: int) -> dict[str, flo
     return best
 
 
-def torch_residual_runner(model: Any, features: Sequence[ItemFeatures], batch: int) -> int:
-    """PyTorch scores on the model's device (``TrailModel.score`` assumes the CPU)."""
-    import torch
-
-    device = next(model.lm.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(features), batch):
-            chunk = features[start : start + batch]
-            encoded = model.encode([model.prompt_text(f) for f in chunk])
-            output = model.lm(
-                input_ids=encoded.input_ids.to(device),
-                attention_mask=encoded.attention_mask.to(device),
-                output_hidden_states=True,
-                use_cache=False,
-            )
-            hidden = output.hidden_states[-1]
-            rows = torch.arange(hidden.shape[0], device=device)
-            model.head(hidden[rows, encoded.prompt_last.to(device)]).float().cpu()
-    return len(features)
-
-
 def torch_generate_runner(model: Any, prompts: list[str], new_tokens: int) -> Callable[[], int]:
     import torch
 
@@ -214,8 +193,8 @@ def measure(
     """Items/s and tokens/s of every configuration, after one warm-up of each.
 
     ``runtimes`` are ORT configurations by name; ``torch_threads`` PyTorch ones (thread count,
-    or ``None`` for a GPU model). PyTorch on the CPU scores with ``TrailModel.score``, what the
-    served ``TrailScorer`` runs; on the GPU with the same forward on the model's device.
+    or ``None`` for a GPU model). PyTorch scores with ``TrailModel.score``, what the served
+    ``TrailScorer`` runs, on the model's device.
     """
     import torch
 
@@ -231,10 +210,8 @@ def measure(
         return lambda: (runtime.score(features, batch_size=args.batch), len(features))[1]
 
     def torch_score() -> int:
-        if next(model.lm.parameters()).device.type == "cpu":
-            model.score(features, batch_size=args.batch)
-            return len(features)
-        return torch_residual_runner(model, features, args.batch)
+        model.score(features, batch_size=args.batch)
+        return len(features)
 
     scoring = {name: ort_score(r) for name, r in runtimes.items()}
     scoring |= {name: torch_config(n, torch_score) for name, n in torch_threads.items()}
@@ -248,7 +225,7 @@ def measure(
     for runtime in runtimes.values():
         runtime.score(features[: args.batch], batch_size=args.batch)
     for threads in torch_threads.values():
-        torch_config(threads, lambda: torch_residual_runner(model, features[:4], 4))()
+        torch_config(threads, lambda: model.score(features[:4], batch_size=4))()
     log(f"  scoring {len(features)} items, batch {args.batch}, best of {args.repeat}")
     items = best_rates(scoring, args.repeat)
     log(f"  greedy {args.new_tokens} tokens x {len(explain_prompts)} prompts")

@@ -240,7 +240,10 @@ class TrailModel(nn.Module):
         )
         hidden = output.hidden_states[-1]
         rows = torch.arange(hidden.shape[0], device=device)
-        residual: torch.Tensor = self.head(hidden[rows, batch.prompt_last.to(device)].float())
+        # The head's own dtype: float32 when trained (under bf16 autocast), half when a caller
+        # converted the whole model.
+        last = hidden[rows, batch.prompt_last.to(device)].to(self.head.proj.weight.dtype)
+        residual: torch.Tensor = self.head(last)
         if batch.labels is None:
             return residual, None
         logits = output.logits[:, :-1].float()
