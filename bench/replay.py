@@ -1,9 +1,11 @@
 """Engine throughput on ML-1M: events/s through the trend engine, parsing excluded.
 
 Loads ML-1M (downloaded at first use), maps item ids to catalog codes, then times the engine
-alone: batched ingest, every 7-day window's close, EWMA-2 scoring and ranking of every item
-seen so far. The baseline measured in the same run is the same loop with a per-event Python
-path (one event per ingest call) on a prefix of the log, to show what batching buys.
+alone: batched ingest with user ids (hashed in the engine), every 7-day window's close with
+the sub-window and audience signals (decayed counts, distinct and returning users), EWMA-2
+scoring and ranking of every item seen so far. The baseline measured in the same run is the
+same loop with a per-event Python path (one event per ingest call) on a prefix of the log, to
+show what batching buys.
 
     .venv/bin/python bench/replay.py [--dataset ml-1m] [--window 7d] [--json]
 """
@@ -33,7 +35,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def engine_rate(codes, timestamps, window: int, batch: int) -> tuple[float, int, float]:
+def engine_rate(codes, timestamps, users, window: int, batch: int) -> tuple[float, int, float]:
     engine = Engine(EngineConfig(TrendConfig(WindowSpec(window)), explain_top=0), EWMA(2))
     # The catalog is filled as the replay does before timing: id mapping is parsing work.
     engine.state.catalog.codes(
@@ -42,7 +44,11 @@ def engine_rate(codes, timestamps, window: int, batch: int) -> tuple[float, int,
     windows = 0
     started = time.perf_counter()
     for start in range(0, codes.shape[0], batch):
-        results, _ = engine.ingest(codes[start : start + batch], timestamps[start : start + batch])
+        results, _ = engine.ingest(
+            codes[start : start + batch],
+            timestamps[start : start + batch],
+            users=users[start : start + batch],
+        )
         windows += len(results)
     seconds = time.perf_counter() - started
     return codes.shape[0] / seconds, windows, seconds
@@ -71,10 +77,11 @@ def main() -> int:
     timestamps = np.asarray(log.timestamps, dtype=np.float64)
     rss_before = peak_rss_mb()
 
-    runs = [engine_rate(codes, timestamps, window, args.batch) for _ in range(args.repeat)]
+    users = log.user_ids
+    runs = [engine_rate(codes, timestamps, users, window, args.batch) for _ in range(args.repeat)]
     rate, windows, seconds = max(runs)
     n_base = min(args.baseline_events, codes.shape[0])
-    base_rate, _, _ = engine_rate(codes[:n_base], timestamps[:n_base], window, 1)
+    base_rate, _, _ = engine_rate(codes[:n_base], timestamps[:n_base], users[:n_base], window, 1)
     peak = peak_rss_mb()
 
     results = {
@@ -94,8 +101,8 @@ def main() -> int:
     print(f"{'measure':<34}{'value':>16}")
     for key, value in results.items():
         print(f"{key:<34}{value:>16,}" if isinstance(value, int) else f"{key:<34}{value:>16}")
-    target = "met" if rate >= 1_000_000 else "NOT met"
-    print(f"target >= 1,000,000 events/s: {target}")
+    target = "met" if rate >= 2_000_000 else "NOT met"
+    print(f"target >= 2,000,000 events/s with the sub-window signals on: {target}")
     if not args.no_record:
         record(
             "replay",

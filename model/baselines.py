@@ -20,6 +20,7 @@ from river import linear_model, optim, utils
 
 from streams.scoring import SilentScorer
 from streams.trend.features import FeatureFrame
+from streams.trend.state import WindowOutcome
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -129,11 +130,11 @@ class RiverRegressor(SilentScorer):
     def version(self) -> str:
         return "river@1"
 
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
         if len(features) == 0:
             return
         table = trend_feature_table(features)
-        target = pd.Series(np.log1p(next_counts))
+        target = pd.Series(np.log1p(outcome.counts))
         # Shuffled mini-batches keep SGD from following the catalog order.
         order = np.random.default_rng(self.seed + self._learned_windows).permutation(len(table))
         for chunk in np.array_split(order, max(1, len(order) // 256)):

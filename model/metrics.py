@@ -101,6 +101,10 @@ def score_pairs(
     ndcg: dict[int, list[float]] = {k: [] for k in ks}
     windows: list[int] = []
     for target in targets:
+        if not target.relevant:
+            # Nobody to judge (an empty next window): the window may have no ranking at all,
+            # since the engine skips empty windows inside long gaps.
+            continue
         ranking = rankings.get(target.window_end)
         if ranking is None:
             raise KeyError(f"no ranking for the window ending at {target.window_end}")

@@ -113,6 +113,13 @@ class ItemFeatures(_Record):
     per-window counts with a half-life of ``h`` windows; ``momentum`` is ``(ew_1 + 1) /
     (ew_8 + 1)``; ``slope`` and ``accel`` are least-squares fits over ``recent_counts`` (oldest
     first, the last entry being this window).
+
+    The sub-window signals: ``decayed_w32 .. decayed_w1`` are the item's events decayed in
+    continuous time to ``window_end`` with half-lives of W/32, W/8, W/4, W/2 and W (W the window
+    length); ``last_quarter`` / ``last_half`` count the events of the window's last quarter and
+    half; ``users`` and ``returning_users`` are the window's distinct users of the item and
+    those seen anywhere before the window began; ``return_rate`` is the share of the item's
+    users of the window before who were active again in this one.
     """
 
     item_id: Identifier
@@ -135,6 +142,18 @@ class ItemFeatures(_Record):
     trend: TrendCategory
     title: str | None = None
     categories: tuple[str, ...] = ()
+    decayed_w32: float = Field(default=0.0, ge=0)
+    decayed_w8: float = Field(default=0.0, ge=0)
+    decayed_w4: float = Field(default=0.0, ge=0)
+    decayed_w2: float = Field(default=0.0, ge=0)
+    decayed_w1: float = Field(default=0.0, ge=0)
+    last_quarter: float = Field(default=0.0, ge=0)
+    last_half: float = Field(default=0.0, ge=0)
+    seconds_since_first: float = Field(default=0.0, ge=0)
+    seconds_since_last: float = Field(default=0.0, ge=0)
+    users: float = Field(default=0.0, ge=0)
+    returning_users: float = Field(default=0.0, ge=0)
+    return_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class ScoreUpdate(_Record):
@@ -186,10 +205,14 @@ class TrendingSnapshot(_Record):
 class WindowSnapshotRow(ItemFeatures):
     """One retraining example: an item's features at a window's close and what came next.
 
-    ``next_count`` is the realised count of the following window, filled in once it closed.
+    ``next_count`` is the realised count of the following window, filled in once it closed;
+    ``next_returning`` its distinct returning users (what HR@10 counts) and ``next_users``
+    all its distinct users.
     """
 
     next_count: float = Field(ge=0)
+    next_returning: float = Field(default=0.0, ge=0)
+    next_users: float = Field(default=0.0, ge=0)
 
 
 RecordT = TypeVar("RecordT", bound=BaseModel)

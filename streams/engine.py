@@ -26,7 +26,7 @@ from schemas import (
 )
 from streams.scoring import Scorer
 from streams.trend.features import FeatureFrame
-from streams.trend.state import ClosedWindow, TrendConfig, TrendState
+from streams.trend.state import ClosedWindow, TrendConfig, TrendState, WindowOutcome
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
@@ -51,16 +51,21 @@ class EngineConfig:
 
 
 class SnapshotBatch:
-    """Retraining rows of one window: features at its close and the next window's counts.
+    """Retraining rows of one window: features at its close and what the next window did
+    (counts, distinct users, returning users).
 
     The sub-frame is cut only when someone reads it: an evaluation that writes no snapshots
     and runs no online learner never pays for it.
     """
 
-    def __init__(self, frame: FeatureFrame, positions: IndexArray, next_counts: FloatArray):
+    def __init__(self, frame: FeatureFrame, positions: IndexArray, outcome: WindowOutcome):
         self._frame = frame
         self._positions = positions
-        self.next_counts = next_counts
+        self.outcome = outcome
+
+    @property
+    def next_counts(self) -> FloatArray:
+        return self.outcome.counts
 
     @functools.cached_property
     def features(self) -> FeatureFrame:
@@ -72,7 +77,10 @@ class SnapshotBatch:
     def rows(self) -> list[WindowSnapshotRow]:
         return [
             WindowSnapshotRow(
-                **self.features.record(i).model_dump(), next_count=float(self.next_counts[i])
+                **self.features.record(i).model_dump(),
+                next_count=float(self.outcome.counts[i]),
+                next_returning=float(self.outcome.returning[i]),
+                next_users=float(self.outcome.users[i]),
             )
             for i in range(len(self.features))
         ]
@@ -210,10 +218,12 @@ class Engine:
         item_ids: Sequence[str] | npt.NDArray[Any],
         timestamps: FloatArray,
         weights: FloatArray | None = None,
+        *,
+        users: npt.ArrayLike | None = None,
     ) -> list[WindowResult]:
         """Ingest events given by item id (the live path)."""
         codes = self.state.catalog.codes(item_ids)
-        return self.ingest(codes, timestamps, weights)[0]
+        return self.ingest(codes, timestamps, weights, users=users)[0]
 
     def ingest(
         self,
@@ -221,23 +231,29 @@ class Engine:
         timestamps: FloatArray,
         weights: FloatArray | None = None,
         on_result: Callable[[WindowResult], None] | None = None,
+        *,
+        users: npt.ArrayLike | None = None,
     ) -> tuple[list[WindowResult], npt.NDArray[np.bool_]]:
         """Ingest events given by catalog code; returns closed windows and the late mask.
 
-        ``on_result`` sees each closed window as soon as it is scored, before the rest of the
-        batch is applied: a batch spanning many windows need not finish before the first one
-        is published (a replay printing windows scored by a slow LM, say).
+        ``users`` are the events' user ids (for the audience signals and the returning-user
+        labels; None when the stream has none). ``on_result`` sees each closed window as soon
+        as it is scored, before the rest of the batch is applied: a batch spanning many
+        windows need not finish before the first one is published (a replay printing windows
+        scored by a slow LM, say). With ``on_result`` the results stream through it and are not
+        kept: the returned list is empty, so a batch spanning many windows holds one at a time.
         """
         results: list[WindowResult] = []
         ingested = self.state.ingest(
-            codes, timestamps, weights, on_close=self._closer(results, on_result)
+            codes, timestamps, weights, on_close=self._closer(results, on_result), users=users
         )
         return results, ingested.late
 
     def advance_to(
         self, watermark_ts: float, on_result: Callable[[WindowResult], None] | None = None
     ) -> list[WindowResult]:
-        """Close the windows that a watermark at ``watermark_ts`` closes."""
+        """Close the windows that a watermark at ``watermark_ts`` closes (streamed through
+        ``on_result`` when given, as in :meth:`ingest`)."""
         results: list[WindowResult] = []
         self.state.advance_to(watermark_ts, on_close=self._closer(results, on_result))
         return results
@@ -247,8 +263,9 @@ class Engine:
     ) -> Callable[[ClosedWindow], None]:
         def close(window: ClosedWindow) -> None:
             result = self._on_close(window)
-            results.append(result)
-            if on_result is not None:
+            if on_result is None:
+                results.append(result)
+            else:
                 on_result(result)
 
         return close
@@ -258,13 +275,14 @@ class Engine:
         snapshot = None
         if self._pending_snapshot is not None:
             previous, active = self._pending_snapshot
-            next_counts = state.counts_in(previous.rows[active], window.index)
-            snapshot = SnapshotBatch(previous, active, next_counts)
+            outcome = state.outcome(previous.rows[active], window.index)
+            snapshot = SnapshotBatch(previous, active, outcome)
             if self.scorer.learns_online:
-                self.scorer.learn(snapshot.features, next_counts)
+                self.scorer.learn(snapshot.features, outcome)
         features = state.features(state.seen_rows(), window.index)
-        # Retraining rows: items active in this window or the one before it.
-        active = np.flatnonzero((features.recent[:, -1] > 0) | (features.recent[:, -2] > 0))
+        # Retraining rows: items with events in any of the recent windows (what an online
+        # ranker picks its candidates from, and what snapshots export).
+        active = np.flatnonzero((features.recent > 0).any(axis=1))
         self._pending_snapshot = (features, active.astype(np.int64))
         scored = self.score_from_window is None or window.index >= self.score_from_window
         if scored and len(features):

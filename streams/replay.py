@@ -58,6 +58,13 @@ class EvaluationWindows:
 
 @dataclass(frozen=True)
 class ReplaySummary:
+    """What a replay did with every row of its log.
+
+    ``events`` went through the engine; ``partial_window_events`` belong to the log's last,
+    incomplete window and were left out (nothing would judge them); ``bad_rows`` could not be
+    read; ``skipped_windows`` were empty windows inside gaps of the log that the clock jumped.
+    """
+
     events: int
     bad_rows: int
     late_events: int
@@ -65,12 +72,18 @@ class ReplaySummary:
     windows_scored: int
     seconds: float
     items: int
+    partial_window_events: int = 0
+    skipped_windows: int = 0
 
     def describe(self) -> str:
         rate = self.events / self.seconds if self.seconds > 0 else float("inf")
+        skipped = (
+            f", {self.skipped_windows:,} empty windows skipped" if self.skipped_windows else ""
+        )
         return (
             f"{self.events:,} events ({self.bad_rows:,} malformed rows skipped, "
-            f"{self.late_events:,} late) -> {self.windows_closed} windows closed, "
+            f"{self.late_events:,} late, {self.partial_window_events:,} in the partial last "
+            f"window left out) -> {self.windows_closed} windows closed{skipped}, "
             f"{self.windows_scored} scored, {self.items:,} items, "
             f"{self.seconds:.1f} s ({rate:,.0f} events/s)"
         )
@@ -91,6 +104,7 @@ def replay(
     log = log.sorted_by_time()
     engine.add_metadata(log.items.values())
     codes = engine.state.catalog.codes(log.item_ids)
+    users = log.user_ids
     timestamps = np.asarray(log.timestamps, dtype=np.float64)
     end_ts = float((windows.last_complete + 1) * engine.config.trend.window.length)
     # Events of the partial last window never reach the engine: nothing would judge them.
@@ -113,7 +127,9 @@ def replay(
         for start in range(0, usable, batch_size):
             stop = min(start + batch_size, usable)
             # Each window is published as it closes, not when the whole batch is done.
-            _, late_mask = engine.ingest(codes[start:stop], timestamps[start:stop], on_result=emit)
+            _, late_mask = engine.ingest(
+                codes[start:stop], timestamps[start:stop], on_result=emit, users=users[start:stop]
+            )
             late += int(late_mask.sum())
             bar.update(stop - start)
         engine.advance_to(end_ts + engine.config.trend.window.grace, on_result=emit)
@@ -129,4 +145,6 @@ def replay(
         windows_scored=scored,
         seconds=time.perf_counter() - started,
         items=engine.catalog_size,
+        partial_window_events=int(timestamps.shape[0] - usable),
+        skipped_windows=engine.state.skipped_windows,
     )

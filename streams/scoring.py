@@ -1,10 +1,11 @@
 """The contract between the engine and whatever ranks items: baselines, River, TRAIL.
 
 The engine hands a scorer the trend features of every item seen so far at a window's close and
-gets back one score per item: the predicted ``log(1 + count)`` of the next window, or any
-monotone stand-in for it. A scorer that can explain itself returns short texts for the items
-the engine asks about; one that learns online is shown each window's features again once the
-next window's true counts are known. The engine never knows which implementation it has.
+gets back one score per item: higher means more popular in the next window (a predicted
+``log(1 + count)``, or any score that orders items). A scorer that can explain itself returns
+short texts for the items the engine asks about; one that learns online is shown each
+window's features again once the next window's outcome (counts, distinct and returning
+users) is known. The engine never knows which implementation it has.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.trend.features import FeatureFrame
+from streams.trend.state import WindowOutcome
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -42,8 +44,9 @@ class Scorer(Protocol):
         """One explanation (or None when the scorer does not explain) per row."""
         ...
 
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
-        """Observe what came next for rows scored one window earlier (online learners)."""
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
+        """Observe what came next (counts, users, returning users) for the rows of
+        ``features``, one window after they were scored (online learners)."""
         ...
 
 
@@ -55,7 +58,7 @@ class SilentScorer:
     def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
         return [None] * len(features)
 
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
         return None
 
 
@@ -137,5 +140,5 @@ class FallbackScorer:
             self._failed("explain", exc)
             return [None] * len(features)
 
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
-        self.primary.learn(features, next_counts)
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
+        self.primary.learn(features, outcome)

@@ -6,6 +6,7 @@ once; :meth:`FeatureFrame.record` turns one row into the wire-level ``ItemFeatur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +64,20 @@ _ARRAY_FIELDS: dict[str, type] = {
     "share": np.float64,
     "category_momentum": np.float64,
     "trend": np.int8,
+    "decayed": np.float64,
+    "decayed_returning": np.float64,
+    "last_quarter": np.float64,
+    "last_half": np.float64,
+    "since_first": np.float64,
+    "since_last": np.float64,
+    "recent_users": np.float64,
+    "recent_returning": np.float64,
+    "returning_ew": np.float64,
+    "return_rate": np.float64,
 }
+#: The two-dimensional arrays among them (one row per item).
+_MATRIX_FIELDS = ("recent", "ew", "decayed", "decayed_returning", "recent_users",
+                  "recent_returning")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,18 @@ class FeatureFrame:
     ``rows`` are catalog indices; ``item_ids[i]`` is the id of ``rows[i]``. Every other array is
     aligned with ``rows``. ``ew`` has one column per half-life in ``half_lives``; ``recent`` the
     last counts, oldest first, ending with this window's.
+
+    Finer than a window (:mod:`streams.trend.subwindow`): ``decayed`` holds the events decayed
+    in continuous time to ``window_end``, one column per half-life in
+    :data:`~streams.trend.subwindow.DECAY_FRACTIONS` of the window, ``decayed_returning`` the
+    same over returning users' events (``RETURNING_DECAY_FRACTIONS``); ``last_quarter`` and
+    ``last_half`` count the events of the window's last quarter and half; ``since_first`` and
+    ``since_last`` are seconds from the first and last event to ``window_end``. Audience:
+    ``recent_users`` / ``recent_returning`` are distinct and returning users (seen anywhere
+    before the window began) per window, like ``recent``; ``returning_ew`` an EW mean (half-life
+    one window) of returning users; ``return_rate`` the share of the item's users of the window
+    before who were active again in this one. ``window_events`` and ``window_users`` are the
+    whole window's events and active users.
     """
 
     window_index: int
@@ -94,6 +120,18 @@ class FeatureFrame:
     share: FloatArray
     category_momentum: FloatArray
     trend: npt.NDArray[np.int8]
+    decayed: FloatArray
+    decayed_returning: FloatArray
+    last_quarter: FloatArray
+    last_half: FloatArray
+    since_first: FloatArray
+    since_last: FloatArray
+    recent_users: FloatArray
+    recent_returning: FloatArray
+    returning_ew: FloatArray
+    return_rate: FloatArray
+    window_events: float
+    window_users: int
     meta: Mapping[str, ItemMeta]
 
     def __len__(self) -> int:
@@ -107,28 +145,20 @@ class FeatureFrame:
 
     def take(self, positions: IndexArray) -> FeatureFrame:
         """The sub-frame of the rows at ``positions`` (in that order)."""
-        return FeatureFrame(
-            window_index=self.window_index,
-            window_start=self.window_start,
-            window_end=self.window_end,
-            window_seconds=self.window_seconds,
-            rows=self.rows[positions],
-            item_ids=self.item_ids[positions],
-            count=self.count[positions],
-            total=self.total[positions],
-            recent=self.recent[positions],
-            half_lives=self.half_lives,
-            ew=self.ew[positions],
-            momentum=self.momentum[positions],
-            slope=self.slope[positions],
-            accel=self.accel[positions],
-            burstiness=self.burstiness[positions],
-            age_windows=self.age_windows[positions],
-            share=self.share[positions],
-            category_momentum=self.category_momentum[positions],
-            trend=self.trend[positions],
-            meta=self.meta,
-        )
+        columns = {name: getattr(self, name)[positions] for name in _ARRAY_FIELDS}
+        return dataclasses.replace(self, item_ids=self.item_ids[positions], **columns)
+
+    @property
+    def users(self) -> FloatArray:
+        """Distinct users of each item in this window."""
+        values: FloatArray = self.recent_users[:, -1]
+        return values
+
+    @property
+    def returning(self) -> FloatArray:
+        """Returning users (seen before this window began) of each item in this window."""
+        values: FloatArray = self.recent_returning[:, -1]
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (lists, no numpy, no pickle); :meth:`from_dict` inverts it.
@@ -142,6 +172,8 @@ class FeatureFrame:
             "window_seconds": self.window_seconds,
             "half_lives": list(self.half_lives),
             "item_ids": [str(i) for i in self.item_ids],
+            "window_events": self.window_events,
+            "window_users": self.window_users,
         }
         for name in _ARRAY_FIELDS:
             data[name] = getattr(self, name).tolist()
@@ -154,8 +186,8 @@ class FeatureFrame:
             name: np.asarray(data[name], dtype=dtype) for name, dtype in _ARRAY_FIELDS.items()
         }
         size = len(data["item_ids"])
-        arrays["recent"] = arrays["recent"].reshape(size, -1)
-        arrays["ew"] = arrays["ew"].reshape(size, len(data["half_lives"]))
+        for name in _MATRIX_FIELDS:
+            arrays[name] = arrays[name].reshape(size, -1)
         return cls(
             window_index=int(data["window_index"]),
             window_start=int(data["window_start"]),
@@ -163,6 +195,8 @@ class FeatureFrame:
             window_seconds=int(data["window_seconds"]),
             item_ids=np.asarray(data["item_ids"], dtype=object),
             half_lives=tuple(float(h) for h in data["half_lives"]),
+            window_events=float(data["window_events"]),
+            window_users=int(data["window_users"]),
             meta=meta,
             **arrays,
         )
@@ -199,6 +233,18 @@ class FeatureFrame:
             trend=self.trend_name(position),
             title=meta.title if meta else None,
             categories=meta.categories if meta else (),
+            decayed_w32=_rounded(self.decayed[position, 0]),
+            decayed_w8=_rounded(self.decayed[position, 1]),
+            decayed_w4=_rounded(self.decayed[position, 2]),
+            decayed_w2=_rounded(self.decayed[position, 3]),
+            decayed_w1=_rounded(self.decayed[position, 4]),
+            last_quarter=_rounded(self.last_quarter[position]),
+            last_half=_rounded(self.last_half[position]),
+            seconds_since_first=_rounded(self.since_first[position]),
+            seconds_since_last=_rounded(self.since_last[position]),
+            users=_rounded(self.recent_users[position, -1]),
+            returning_users=_rounded(self.recent_returning[position, -1]),
+            return_rate=min(1.0, max(0.0, _rounded(self.return_rate[position]))),
         )
 
     def records(self) -> list[ItemFeatures]:

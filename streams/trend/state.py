@@ -1,23 +1,26 @@
-"""The per-item trend state of one stream: counts in open windows, statistics of closed ones.
+"""The per-item trend state of one stream: events of open windows, statistics of closed ones.
 
-Per event the work is O(1) and batched: find the event's window and add its weight to that
-window's count of the item. Only at a window's close do the statistics of the items that
-changed move, once each, in one vectorised step. Everything round-trips through a plain,
-versioned dict (no pickle), so it can live in a changelog topic or a JSON file.
+Per event the work is O(1) and batched: find the event's window and append it to that
+window's buffer. Only at a window's close do the statistics of the items that changed move,
+once each, in one vectorised step over that window's events (whole-window counts here,
+sub-window and audience signals in :mod:`streams.trend.subwindow`). Windows with no events
+cost nothing however many lie between two events: the clock jumps over them. Everything
+round-trips through a plain, versioned dict (no pickle), so it can live in a changelog topic
+or a JSON file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 from scipy import sparse
 
 from schemas import ItemMeta
+from streams.trend.catalog import ItemCatalog
 from streams.trend.features import FeatureFrame, TrendThresholds
 from streams.trend.stats import (
     DecayingMeans,
@@ -25,12 +28,14 @@ from streams.trend.stats import (
     burstiness,
     slope_and_acceleration,
 )
+from streams.trend.subwindow import UNKNOWN_USER, SubWindowSignals, WindowEvents
+from streams.trend.users import HashArray, hash_user_ids
 from streams.trend.windows import WindowSpec
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 REQUIRED_HALF_LIVES = (1.0, 2.0, 4.0, 8.0)
 
 
@@ -46,11 +51,18 @@ class TrendConfig:
     half_lives: tuple[float, ...] = REQUIRED_HALF_LIVES
     recent_windows: int = 4
     thresholds: TrendThresholds = field(default_factory=TrendThresholds)
+    #: The set of users seen so far: ``exact`` or a Bloom filter (``bloom:<log2 bits>``).
+    seen_users: str = "exact"
+    #: Empty windows closed (and scored) right after the last events and right before the
+    #: next ones; any others in a gap are skipped in O(1).
+    empty_windows: int = 2
 
     def __post_init__(self) -> None:
         missing = [h for h in REQUIRED_HALF_LIVES if h not in self.half_lives]
         if missing:
             raise ValueError(f"half_lives must include {REQUIRED_HALF_LIVES}, missing {missing}")
+        if self.empty_windows < 1:
+            raise ValueError(f"empty_windows must be at least 1, got {self.empty_windows}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +72,8 @@ class TrendConfig:
             "recent_windows": self.recent_windows,
             "new_item_windows": self.thresholds.new_item_windows,
             "rising_momentum": self.thresholds.rising_momentum,
+            "seen_users": self.seen_users,
+            "empty_windows": self.empty_windows,
         }
 
     @classmethod
@@ -72,79 +86,9 @@ class TrendConfig:
                 new_item_windows=int(data["new_item_windows"]),
                 rising_momentum=float(data["rising_momentum"]),
             ),
+            seen_users=str(data["seen_users"]),
+            empty_windows=int(data["empty_windows"]),
         )
-
-
-class ItemCatalog:
-    """Item ids and their dense indices, plus metadata and a deterministic tie order.
-
-    >>> catalog = ItemCatalog()
-    >>> catalog.codes(np.array(["10", "9", "10"], dtype=object)).tolist()
-    [0, 1, 0]
-    >>> catalog.tie_order().tolist()  # every id is an integer: numeric order, 9 before 10
-    [1, 0]
-    """
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self._index: dict[str, int] = {}
-        self.meta: dict[str, ItemMeta] = {}
-        self._integer_ids: list[int] = []
-        self._all_integer = True
-        self._tie_order: IndexArray | None = None
-        self._id_array: npt.NDArray[np.object_] = np.empty(0, dtype=object)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def _add(self, item_id: str) -> int:
-        code = len(self.ids)
-        self.ids.append(item_id)
-        self._index[item_id] = code
-        if self._all_integer:
-            try:
-                self._integer_ids.append(int(item_id))
-            except ValueError:
-                self._all_integer = False
-        self._tie_order = None
-        return code
-
-    def code(self, item_id: str) -> int:
-        """The index of ``item_id``, registering it when new."""
-        found = self._index.get(item_id)
-        return found if found is not None else self._add(item_id)
-
-    def codes(self, item_ids: Sequence[str] | npt.NDArray[Any]) -> IndexArray:
-        """Indices of many ids at once; only distinct ids pay a dictionary lookup."""
-        labels, uniques = pd.factorize(np.asarray(item_ids, dtype=object), sort=False)
-        unique_codes = np.fromiter(
-            (self.code(str(u)) for u in uniques), dtype=np.int64, count=len(uniques)
-        )
-        codes: IndexArray = unique_codes[labels]
-        return codes
-
-    def id_array(self) -> npt.NDArray[np.object_]:
-        """The ids as a numpy object array (index it with catalog codes)."""
-        if self._id_array.shape[0] != len(self.ids):
-            self._id_array = np.asarray(self.ids, dtype=object)
-        return self._id_array
-
-    def add_metadata(self, items: Iterable[ItemMeta]) -> None:
-        for meta in items:
-            self.meta[meta.item_id] = meta
-
-    def tie_order(self) -> IndexArray:
-        """Position of every item when sorted by id: numerically when every id is an integer,
-        else as strings. Rankings break score ties by it."""
-        if self._tie_order is None or self._tie_order.shape[0] != len(self.ids):
-            if self._all_integer:
-                order = np.argsort(np.asarray(self._integer_ids, dtype=np.int64), kind="stable")
-            else:
-                order = np.argsort(np.asarray(self.ids, dtype=object), kind="stable")
-            positions = np.empty(len(self.ids), dtype=np.int64)
-            positions[order] = np.arange(len(self.ids))
-            self._tie_order = positions
-        return self._tie_order
 
 
 @dataclass(frozen=True)
@@ -157,6 +101,24 @@ class ClosedWindow:
     changed: IndexArray
     counts: FloatArray
     events: float
+
+
+@dataclass(frozen=True)
+class WindowOutcome:
+    """Per item, what happened in one window: the labels of a ranking made before it.
+
+    ``returning`` counts the distinct users of the item in the window who had been seen
+    anywhere before it began: the users whose next-window items HR@10 judges.
+    """
+
+    counts: FloatArray
+    users: FloatArray
+    returning: FloatArray
+
+    def take(self, positions: IndexArray) -> WindowOutcome:
+        return WindowOutcome(
+            self.counts[positions], self.users[positions], self.returning[positions]
+        )
 
 
 @dataclass(frozen=True)
@@ -178,6 +140,13 @@ class TrendState:
     >>> frame = state.features(state.seen_rows(), window=2)
     >>> frame.item_ids.tolist(), frame.recent.tolist()
     (['a', 'b'], [[0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+
+    A clock that jumps far ahead closes only the windows next to events (``empty_windows``
+    on each side of the gap), not every empty window in between:
+
+    >>> result = state.ingest(state.catalog.codes(["a"]), np.array([1e12]))
+    >>> [w.index for w in result.closed], state.skipped_windows > 10**9
+    ([3, 4, 5, 99999999998, 99999999999], True)
     """
 
     def __init__(self, config: TrendConfig) -> None:
@@ -187,12 +156,18 @@ class TrendState:
         self._recent = RecentCounts(config.recent_windows)
         self._first_window = np.zeros(0, dtype=np.int64)
         self._total = np.zeros(0)
-        self._open: dict[int, FloatArray] = {}
-        self._window_events: dict[int, float] = {}
+        self._open: dict[int, list[WindowEvents]] = {}
         self._last_events = 0.0
+        self.sub = SubWindowSignals(
+            config.window.length, config.recent_windows, seen=config.seen_users
+        )
         self.closed_through: int | None = None
         self.max_ts = -np.inf
         self.late_events = 0
+        #: Empty windows the clock jumped over without closing them one by one.
+        self.skipped_windows = 0
+        # The last window that had events when it closed (for the empty-window rule).
+        self._last_busy: int | None = None
         # Category statistics: a short and a long EW mean per category.
         self._category_names: list[str] = []
         self._category_index: dict[str, int] = {}
@@ -210,10 +185,6 @@ class TrendState:
         total = np.zeros(capacity)
         total[:current] = self._total
         self._first_window, self._total = first, total
-        for window, counts in self._open.items():
-            grown = np.zeros(capacity)
-            grown[: counts.shape[0]] = counts
-            self._open[window] = grown
 
     def ingest(
         self,
@@ -221,9 +192,13 @@ class TrendState:
         timestamps: FloatArray,
         weights: FloatArray | None = None,
         on_close: Callable[[ClosedWindow], None] | None = None,
+        *,
+        users: npt.ArrayLike | None = None,
     ) -> IngestResult:
         """Apply a batch of events (catalog codes, event times, optional weights) in order.
 
+        ``users`` are the events' user ids (any values, compared as text), or None when the
+        stream has none: then the audience signals (distinct and returning users) stay zero.
         Windows close as the watermark (largest event time so far minus grace) passes their
         end, at the exact event that moves it, so a batch gives the same result as feeding its
         events one at a time. ``on_close`` runs right after each close, before any later event
@@ -236,7 +211,10 @@ class TrendState:
         closed: list[ClosedWindow] = []
         if n == 0:
             return IngestResult(closed, late)
-        weights = np.ones(n) if weights is None else weights
+        weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        hashes = (
+            np.full(n, UNKNOWN_USER, dtype=np.uint64) if users is None else hash_user_ids(users)
+        )
         self._reserve(len(self.catalog))
         spec = self.config.window
         windows = spec.indices_of(timestamps)
@@ -252,41 +230,40 @@ class TrendState:
         ends = np.concatenate((boundaries, [n]))
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             level = int(closed_level[start])
-            while self.closed_through < level:
-                closed.append(self._close(self.closed_through + 1))
-                if on_close is not None:
-                    on_close(closed[-1])
+            self._close_through(level, closed, on_close)
             segment_windows = windows[start:end]
             segment_late = segment_windows <= level
             late[start:end] = segment_late
+            keep = ~segment_late
             self._apply(
-                codes[start:end][~segment_late],
-                segment_windows[~segment_late],
-                weights[start:end][~segment_late],
+                codes[start:end][keep],
+                segment_windows[keep],
+                timestamps[start:end][keep],
+                weights[start:end][keep],
+                hashes[start:end][keep],
             )
         self.max_ts = float(watermark[-1])
         self.late_events += int(late.sum())
         return IngestResult(closed, late)
 
-    def _apply(self, codes: IndexArray, windows: IndexArray, weights: FloatArray) -> None:
+    def _apply(
+        self,
+        codes: IndexArray,
+        windows: IndexArray,
+        times: FloatArray,
+        weights: FloatArray,
+        users: HashArray,
+    ) -> None:
         if codes.shape[0] == 0:
             return
-        size = self._first_window.shape[0]
         distinct = np.unique(windows)
         for window in distinct.tolist():
-            in_window = slice(None) if distinct.size == 1 else windows == window
-            counts = self._open.get(window)
-            if counts is None:
-                counts = self._open[window] = np.zeros(size)
-            window_codes = codes[in_window]
-            window_weights = weights[in_window]
-            if window_codes.shape[0] * 8 > size:
-                counts += np.bincount(window_codes, weights=window_weights, minlength=size)
+            if distinct.size == 1:
+                chunk = WindowEvents(codes, times, weights, users)
             else:
-                np.add.at(counts, window_codes, window_weights)
-            self._window_events[window] = self._window_events.get(window, 0.0) + float(
-                window_weights.sum()
-            )
+                mask = windows == window
+                chunk = WindowEvents(codes[mask], times[mask], weights[mask], users[mask])
+            self._open.setdefault(window, []).append(chunk)
 
     def advance_to(
         self, watermark_ts: float, on_close: Callable[[ClosedWindow], None] | None = None
@@ -295,35 +272,62 @@ class TrendState:
         (end of a replay, or an idle live stream)."""
         if self.closed_through is None:
             return []
-        level = self.config.window.closed_through(watermark_ts)
-        closed = []
-        while self.closed_through < level:
-            closed.append(self._close(self.closed_through + 1))
-            if on_close is not None:
-                on_close(closed[-1])
+        closed: list[ClosedWindow] = []
+        self._close_through(self.config.window.closed_through(watermark_ts), closed, on_close)
         self.max_ts = max(self.max_ts, watermark_ts)
         return closed
 
+    def _close_through(
+        self,
+        level: int,
+        closed: list[ClosedWindow],
+        on_close: Callable[[ClosedWindow], None] | None,
+    ) -> None:
+        """Close windows up to ``level``: every one with events, and at most ``empty_windows``
+        empty ones after the last busy window and before ``level``; the clock jumps the rest."""
+        if self.closed_through is None:
+            return
+        keep = self.config.empty_windows
+        while self.closed_through < level:
+            window = self.closed_through + 1
+            if window not in self._open:
+                after_busy = self._last_busy is not None and window - self._last_busy <= keep
+                if not after_busy and level - window >= keep:
+                    busy = [w for w in self._open if window < w <= level]
+                    target = min(min(busy, default=level + 1), level - keep + 1)
+                    if target > window:
+                        self.skipped_windows += target - window
+                        self.closed_through = target - 1
+                        continue
+            result = self._close(window)
+            closed.append(result)
+            if on_close is not None:
+                on_close(result)
+
     def _close(self, window: int) -> ClosedWindow:
-        counts = self._open.pop(window, None)
-        events = self._window_events.pop(window, 0.0)
-        if counts is None:
-            changed = np.zeros(0, dtype=np.int64)
-            changed_counts = np.zeros(0)
-        else:
-            changed = np.flatnonzero(counts > 0).astype(np.int64)
-            changed_counts = counts[changed]
+        events = WindowEvents.concat(self._open.pop(window, []))
+        size = self._first_window.shape[0]
+        counts: FloatArray = np.bincount(
+            events.codes, weights=events.weights, minlength=size
+        ).astype(np.float64)
+        changed: IndexArray = np.flatnonzero(counts > 0).astype(np.int64)
+        changed_counts = counts[changed]
+        if len(events):
+            self._last_busy = window
+        total_events = float(events.weights.sum())
         self._means.update(changed, window, changed_counts)
         self._recent.update(changed, window, changed_counts)
         unseen = changed[self._first_window[changed] < 0]
         self._first_window[unseen] = window
         self._total[changed] += changed_counts
         self._update_categories(changed, changed_counts, window)
-        self._last_events = events
+        self.sub.close(window, events, size)
+        self._last_events = total_events
         self.closed_through = window
         spec = self.config.window
         return ClosedWindow(
-            window, spec.start_of(window), spec.end_of(window), changed, changed_counts, events
+            window, spec.start_of(window), spec.end_of(window), changed, changed_counts,
+            total_events,
         )
 
     # -------------------------------------------------------------- categories
@@ -373,9 +377,8 @@ class TrendState:
         return result
 
     def counts_in(self, rows: IndexArray, window: int) -> FloatArray:
-        """Counts of ``rows`` in closed window ``window`` (within the recent horizon)."""
-        counts: FloatArray = self._recent.get(rows, window)[:, -1]
-        return counts
+        """Counts of ``rows`` in ``window``, the window just closed."""
+        return self._recent.latest(rows, window)
 
     # ----------------------------------------------------------------- reading
     def seen_rows(self) -> IndexArray:
@@ -396,6 +399,7 @@ class TrendState:
         age = window - self._first_window[rows]
         events = self._last_events if window == self.closed_through else float(count.sum())
         share = count / events if events > 0 else np.zeros_like(count)
+        sub = self.sub.get(rows, window)
         return FeatureFrame(
             window_index=window,
             window_start=spec.start_of(window),
@@ -416,7 +420,27 @@ class TrendState:
             share=share,
             category_momentum=self._category_momentum(rows, window),
             trend=self.config.thresholds.categorise(momentum, age),
+            decayed=sub.decayed,
+            decayed_returning=sub.decayed_returning,
+            last_quarter=sub.last_quarter,
+            last_half=sub.last_half,
+            since_first=sub.since_first,
+            since_last=sub.since_last,
+            recent_users=sub.recent_users,
+            recent_returning=sub.recent_returning,
+            returning_ew=sub.returning_ew,
+            return_rate=sub.return_rate,
+            window_events=events,
+            window_users=self.sub.window_users if window == self.closed_through else 0,
             meta=self.catalog.meta,
+        )
+
+    def outcome(self, rows: IndexArray, window: int) -> WindowOutcome:
+        """What ``rows`` did in closed ``window``: the labels of the window before it."""
+        return WindowOutcome(
+            counts=self.counts_in(rows, window),
+            users=self.sub.users_in(rows, window),
+            returning=self.sub.returning_in(rows, window),
         )
 
     # ------------------------------------------------------------- persistence
@@ -436,17 +460,16 @@ class TrendState:
             "recent": self._recent.state_dict(size),
             "category_means": self._category_means.state_dict(len(self._category_names)),
             "open": {
-                str(window): {
-                    "rows": np.flatnonzero(counts[:size]).tolist(),
-                    "counts": counts[:size][counts[:size] != 0].tolist(),
-                    "events": self._window_events.get(window, 0.0),
-                }
-                for window, counts in self._open.items()
+                str(window): WindowEvents.concat(chunks).state_dict()
+                for window, chunks in self._open.items()
             },
+            "sub": self.sub.state_dict(size),
             "last_events": self._last_events,
+            "last_busy": self._last_busy,
             "closed_through": self.closed_through,
             "max_ts": None if self.max_ts == -np.inf else self.max_ts,
             "late_events": self.late_events,
+            "skipped_windows": self.skipped_windows,
         }
 
     @classmethod
@@ -468,13 +491,12 @@ class TrendState:
         state._means = DecayingMeans.from_state_dict(data["means"])
         state._recent = RecentCounts.from_state_dict(data["recent"])
         state._category_means = DecayingMeans.from_state_dict(data["category_means"])
-        capacity = state._first_window.shape[0]
         for window_text, open_window in data["open"].items():
-            counts = np.zeros(capacity)
-            counts[np.asarray(open_window["rows"], dtype=np.int64)] = open_window["counts"]
-            state._open[int(window_text)] = counts
-            state._window_events[int(window_text)] = float(open_window["events"])
+            state._open[int(window_text)] = [WindowEvents.from_state_dict(open_window)]
+        state.sub = SubWindowSignals.from_state_dict(data["sub"])
         state._last_events = float(data["last_events"])
+        state._last_busy = data["last_busy"]
+        state.skipped_windows = int(data["skipped_windows"])
         state.closed_through = data["closed_through"]
         state.max_ts = -np.inf if data["max_ts"] is None else float(data["max_ts"])
         state.late_events = int(data["late_events"])

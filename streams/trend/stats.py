@@ -24,7 +24,7 @@ FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
 
 
-def _grown(array: npt.NDArray[Any], size: int, fill: float) -> npt.NDArray[Any]:
+def grown(array: npt.NDArray[Any], size: int, fill: float) -> npt.NDArray[Any]:
     if array.shape[0] >= size:
         return array
     capacity = max(size, 2 * array.shape[0], 64)
@@ -61,8 +61,8 @@ class DecayingMeans:
     def _reserve(self, rows: IndexArray) -> None:
         if rows.size:
             size = int(rows.max()) + 1
-            self._means = _grown(self._means, size, 0.0)
-            self._updated_at = _grown(self._updated_at, size, 0)
+            self._means = grown(self._means, size, 0.0)
+            self._updated_at = grown(self._updated_at, size, 0)
 
     def _decayed(self, rows: IndexArray, window: int) -> FloatArray:
         gap = np.maximum(window - self._updated_at[rows], 0).astype(np.float64)
@@ -100,7 +100,11 @@ class DecayingMeans:
 
 
 class RecentCounts:
-    """The last ``k`` per-window counts of each item, oldest first, shifted lazily.
+    """The last ``k`` per-window counts of each item, oldest first.
+
+    A ring of ``k`` slots per item, slot ``window % k``, each stamped with the window it
+    holds: an update writes one slot and a read keeps the slots whose stamp is in range, so
+    neither shifts anything and items that did not change are never touched.
 
     >>> recent = RecentCounts(k=3)
     >>> recent.update(np.array([0, 1]), window=5, values=np.array([2.0, 7.0]))
@@ -114,51 +118,59 @@ class RecentCounts:
             raise ValueError(f"need at least 2 recent windows, got {k}")
         self.k = k
         self._counts = np.zeros((0, k))
-        self._updated_at = np.zeros(0, dtype=np.int64)
+        self._stamps = np.full((0, k), -1, dtype=np.int64)
 
     def _reserve(self, rows: IndexArray) -> None:
         if rows.size:
             size = int(rows.max()) + 1
-            self._counts = _grown(self._counts, size, 0.0)
-            self._updated_at = _grown(self._updated_at, size, 0)
-
-    def _shifted(self, rows: IndexArray, window: int) -> FloatArray:
-        gap = np.clip(window - self._updated_at[rows], 0, self.k)
-        stored = self._counts[rows]
-        shifted: FloatArray = np.zeros_like(stored)
-        # Only k + 1 distinct shifts exist: one slice copy per shift beats a gather per cell.
-        for step in np.unique(gap).tolist():
-            if step >= self.k:
-                continue
-            same = gap == step
-            shifted[same, : self.k - step] = stored[same, step:]
-        return shifted
+            self._counts = grown(self._counts, size, 0.0)
+            self._stamps = grown(self._stamps, size, -1)
 
     def update(self, rows: IndexArray, window: int, values: FloatArray) -> None:
         """Record ``values`` as the counts of ``rows`` in ``window``."""
         self._reserve(rows)
-        shifted = self._shifted(rows, window)
-        shifted[:, -1] = values
-        self._counts[rows] = shifted
-        self._updated_at[rows] = window
+        slot = window % self.k
+        self._counts[rows, slot] = values
+        self._stamps[rows, slot] = window
 
     def get(self, rows: IndexArray, window: int) -> FloatArray:
         """Counts of windows ``window - k + 1 .. window`` for ``rows``."""
         self._reserve(rows)
-        return self._shifted(rows, window)
+        windows = np.arange(window - self.k + 1, window + 1, dtype=np.int64)
+        slots = windows % self.k
+        counts = self._counts[rows][:, slots]
+        current = self._stamps[rows][:, slots] == windows[None, :]
+        result: FloatArray = np.where(current, counts, 0.0)
+        return result
+
+    def latest(self, rows: IndexArray, window: int) -> FloatArray:
+        """Counts of ``rows`` in ``window`` alone: the last column of :meth:`get`.
+
+        >>> recent = RecentCounts(k=3)
+        >>> recent.update(np.array([0, 1]), window=5, values=np.array([2.0, 7.0]))
+        >>> recent.update(np.array([0]), window=6, values=np.array([3.0]))
+        >>> recent.latest(np.array([0, 1]), window=6).tolist()
+        [3.0, 0.0]
+        """
+        self._reserve(rows)
+        slot = window % self.k
+        values: FloatArray = np.where(
+            self._stamps[rows, slot] == window, self._counts[rows, slot], 0.0
+        )
+        return values
 
     def state_dict(self, size: int) -> dict[str, Any]:
         return {
             "k": self.k,
             "counts": self._counts[:size].tolist(),
-            "updated_at": self._updated_at[:size].tolist(),
+            "stamps": self._stamps[:size].tolist(),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> RecentCounts:
         recent = cls(int(state["k"]))
         recent._counts = np.asarray(state["counts"], dtype=np.float64).reshape(-1, recent.k)
-        recent._updated_at = np.asarray(state["updated_at"], dtype=np.int64)
+        recent._stamps = np.asarray(state["stamps"], dtype=np.int64).reshape(-1, recent.k)
         return recent
 
 
