@@ -3,7 +3,7 @@
 Thin on purpose (DESIGN.md: decode, call pure code, encode):
 
 - :func:`client_options` turns :class:`~streams.settings.Settings` into aiokafka keyword
-  arguments (bootstrap servers, SSL, SASL);
+  arguments (bootstrap servers, SSL, SASL): the one builder of :mod:`streams.kafka_options`;
 - :func:`ensure_topics` creates the topics the app needs;
 - :func:`decode_events` turns a batch of consumer records into columns for the engine, with
   every malformed record as a :class:`DeadLetter` carrying the exact reason;
@@ -22,7 +22,9 @@ header); headers say why and where from:
 ``trail.dlq.category``      ``too_large``, ``missing_key``, ``missing_value``, ``bad_json``,
                             ``not_object``, ``unknown_field``, ``invalid``, ``key_mismatch``,
                             ``future``, ``late``
-``trail.dlq.reason``        the precise reason (``RecordError`` text, or the closed window)
+``trail.dlq.reason``        the precise reason (``RecordError`` text, the closed window and the
+                            watermark that closed it, or how far past the clock bound); long
+                            values in it are cut (:func:`show_time`, :data:`SHOWN_CHARS`)
 ``trail.dlq.topic``         source topic, partition, offset and record timestamp (ms)
 ``trail.dlq.partition``
 ``trail.dlq.offset``
@@ -42,6 +44,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -57,6 +60,7 @@ from schemas import (
     encode,
 )
 from streams.engine import WindowResult
+from streams.kafka_options import client_options as client_options
 from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.trend.features import TREND_CATEGORIES
@@ -66,6 +70,8 @@ from streams.trend.features import TREND_CATEGORIES
 DLQ_MAX_VALUE_BYTES = 900_000
 DLQ_HEADER_PREFIX = "trail.dlq."
 MAX_REASON_CHARS = 2000
+#: Ids and keys quoted in a reason are cut to this many characters.
+SHOWN_CHARS = 60
 
 _EVENT_FIELDS = frozenset({"user_id", "item_id", "ts", "type", "weight"})
 _MAX_FAST_INT = 10**15  # integer ids below this have at most 16 characters: always valid
@@ -73,29 +79,6 @@ _MAX_EXACT_TS = 2**53
 
 
 # ------------------------------------------------------------------------------ clients
-def client_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka keyword arguments common to producers, consumers and admin clients."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.broker,
-        "security_protocol": settings.security_protocol,
-    }
-    if "SSL" in settings.security_protocol:
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
-        )
-    if settings.security_protocol.startswith("SASL"):
-        if not settings.sasl_mechanism:
-            raise ValueError(
-                f"security_protocol {settings.security_protocol} needs TRAIL_SASL_MECHANISM"
-            )
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_username
-        options["sasl_plain_password"] = settings.sasl_password
-    return options
-
-
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -157,6 +140,84 @@ async def _partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------ events in
+#: ``show_time`` prints a date beside times up to the end of year 9999 (``datetime``'s range).
+_MAX_DATED_TS = 253_402_300_800.0
+
+
+def show_time(ts: float) -> str:
+    """A unix time as a short readable string for dead-letter reasons and logs.
+
+    Plausible times keep millisecond precision and get their UTC date; absurd ones (a 1e300
+    timestamp would otherwise print 300 digits) get six significant digits.
+
+    Parameters
+    ----------
+    ts : float
+        Unix seconds (any float, NaN and infinities included).
+
+    Returns
+    -------
+    str
+        At most about 40 characters.
+
+    Examples
+    --------
+    >>> show_time(1700000000.5)
+    '1700000000.500 (2023-11-14T22:13:20Z)'
+    >>> show_time(1e300)
+    '1e+300'
+    >>> show_time(-4.0)
+    '-4.000'
+    """
+    if not math.isfinite(ts) or abs(ts) >= 1e15:
+        return f"{ts:.6g}"
+    if 0.0 <= ts < _MAX_DATED_TS - 1.0:  # - 1 s: rounding to microseconds
+        date = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{ts:.3f} ({date})"
+    return f"{ts:.3f}"
+
+
+def show_seconds(seconds: float) -> str:
+    """A duration in the largest unit that keeps it readable (bounded like :func:`show_time`).
+
+    Examples
+    --------
+    >>> show_seconds(90)
+    '90 s'
+    >>> show_seconds(3 * 86400 + 3600)
+    '3.04 days'
+    >>> show_seconds(4102444800000 - 1700000000)
+    '129,945 years'
+    >>> show_seconds(1e300)
+    '3.17e+292 years'
+    """
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.3g} h"
+    if seconds < 2 * 365.25 * 86400:
+        return f"{seconds / 86400:.3g} days"
+    years = seconds / (365.25 * 86400)
+    return f"{years:,.0f} years" if years < 1e6 else f"{years:.3g} years"
+
+
+def _shown(text: str) -> str:
+    """``repr(text)``, cut to about :data:`SHOWN_CHARS` characters."""
+    if len(text) > SHOWN_CHARS:
+        return f"{text[:SHOWN_CHARS]!r}... ({len(text)} characters)"
+    return repr(text)
+
+
+def _shown_key(key: bytes) -> str:
+    """A record key for a reason: decoded leniently and cut like :func:`_shown`."""
+    if len(key) > SHOWN_CHARS:
+        head = key[:SHOWN_CHARS].decode("utf-8", "replace")
+        return f"{head!r}... ({len(key)} bytes)"
+    return repr(key.decode("utf-8", "replace"))
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A record of the events topic that the engine did not apply, and why."""
@@ -177,10 +238,12 @@ class DecodedEvents:
     """One partition's batch as engine columns, plus what could not be decoded.
 
     ``records[i]`` is the consumer record of the ``i``-th good event (kept to dead-letter the
-    events the engine finds late).
+    events the engine finds late); ``user_ids[i]`` its user, as the schema reads it (an integer
+    id becomes its decimal string).
     """
 
     item_ids: list[str]
+    user_ids: list[str]
     timestamps: np.ndarray
     weights: np.ndarray | None  # None when every weight is 1
     records: list[Any]
@@ -199,9 +262,9 @@ def _category_of(reason: str) -> str:
     return "invalid"
 
 
-def _fast_event(obj: Any) -> tuple[str, float, float] | None:
-    """``(item_id, ts, weight)`` for a plainly valid event dict, else None (then the full
-    pydantic validation decides). Accepts a subset of what :class:`schemas.Event` accepts,
+def _fast_event(obj: Any) -> tuple[str, str, float, float] | None:
+    """``(user_id, item_id, ts, weight)`` for a plainly valid event dict, else None (then the
+    full pydantic validation decides). Accepts a subset of what :class:`schemas.Event` accepts,
     with the same resulting values."""
     if type(obj) is not dict:
         return None
@@ -230,7 +293,9 @@ def _fast_event(obj: Any) -> tuple[str, float, float] | None:
     if kind_u is str:
         if not 0 < len(user_id) <= 256:
             return None
-    elif kind_u is not int or not -_MAX_FAST_INT < user_id < _MAX_FAST_INT:
+    elif kind_u is int and -_MAX_FAST_INT < user_id < _MAX_FAST_INT:
+        user_id = str(user_id)
+    else:
         return None
     kind_i = type(item_id)
     if kind_i is str:
@@ -248,7 +313,7 @@ def _fast_event(obj: Any) -> tuple[str, float, float] | None:
         ts = float(ts)
     else:
         return None
-    return item_id, ts, weight
+    return user_id, item_id, ts, weight
 
 
 def decode_events(
@@ -260,9 +325,11 @@ def decode_events(
     :data:`schemas.MAX_RECORD_BYTES`, has no key or no value, is not a valid
     :class:`schemas.Event` (bad JSON, unknown fields, wrong types, ...), its key is not its
     ``item_id`` (it would then sit in another item's partition), or its event time is after
-    ``max_ts`` (a clock far in the future would close every window up to it).
+    ``max_ts`` (the worker's clock plus ``max_event_time_skew``: one fast clock must not move
+    the partition's watermark past it and close every window up to it).
     """
     item_ids: list[str] = []
+    user_ids: list[str] = []
     timestamps: list[float] = []
     weights: list[float] = []
     good: list[Any] = []
@@ -287,6 +354,7 @@ def decode_events(
         )
 
     append_id = item_ids.append
+    append_user = user_ids.append
     append_ts = timestamps.append
     append_weight = weights.append
     append_good = good.append
@@ -315,6 +383,7 @@ def decode_events(
                         ts = float(ts)
                     if type(ts) is float and 0.0 <= ts <= max_ts and isfinite(ts):
                         append_id(item_id)
+                        append_user(user_id)
                         append_ts(ts)
                         append_weight(1.0)
                         append_good(record)
@@ -343,21 +412,24 @@ def decode_events(
                 reason = str(exc)
                 reject(record, _category_of(reason), reason)
                 continue
-            parsed = (event.item_id, float(event.ts), float(event.weight))
-        item_id, ts, weight = parsed
+            parsed = (event.user_id, event.item_id, float(event.ts), float(event.weight))
+        user_id, item_id, ts, weight = parsed
         if key != item_id.encode("utf-8"):
-            shown = key[:60].decode("utf-8", "replace")
-            reject(record, "key_mismatch", f"key {shown!r} is not the event's item_id {item_id!r}")
+            shown = _shown_key(key)
+            reject(
+                record, "key_mismatch", f"key {shown} is not the event's item_id {_shown(item_id)}"
+            )
             continue
         if ts > max_ts:
             reject(
                 record,
                 "future",
-                f"event time {ts:.3f} is after {max_ts:.3f} (the worker's clock plus the "
-                "allowed skew)",
+                f"future: event time {show_time(ts)} is {show_seconds(ts - max_ts)} past "
+                f"{show_time(max_ts)}, the worker's clock plus max_event_time_skew",
             )
             continue
         item_ids.append(item_id)
+        user_ids.append(user_id)
         timestamps.append(ts)
         weights.append(weight)
         if weight != 1.0:
@@ -365,6 +437,7 @@ def decode_events(
         good.append(record)
     return DecodedEvents(
         item_ids=item_ids,
+        user_ids=user_ids,
         timestamps=np.asarray(timestamps, dtype=np.float64),
         weights=None if unit else np.asarray(weights, dtype=np.float64),
         records=good,
@@ -571,6 +644,15 @@ def encode_score_updates(result: WindowResult) -> list[tuple[str, bytes]]:
     share = frame.share[changed].tolist()
     category = _rounded(frame.category_momentum[changed])
     trend = frame.trend[changed].tolist()
+    decayed = frame.decayed[changed]
+    d32, d8, d4, d2, d1 = (_rounded(decayed[:, k]) for k in range(5))
+    quarter = _rounded(frame.last_quarter[changed])
+    half_window = _rounded(frame.last_half[changed])
+    since_first = _rounded(frame.since_first[changed])
+    since_last = _rounded(frame.since_last[changed])
+    users = _rounded(frame.recent_users[changed, -1])
+    returning = _rounded(frame.recent_returning[changed, -1])
+    return_rate = _rounded(frame.return_rate[changed])
     positions = changed.tolist()
     explanations = result.explanations
     meta = frame.meta
@@ -600,9 +682,52 @@ def encode_score_updates(result: WindowResult) -> list[tuple[str, bytes]]:
         share,
         category,
         trend,
+        d32,
+        d8,
+        d4,
+        d2,
+        d1,
+        quarter,
+        half_window,
+        since_first,
+        since_last,
+        users,
+        returning,
+        return_rate,
         strict=True,
     )
-    for p, rank, sc, cnt, tot, rec, e1, e2, e4, e8, mom, slo, acc, bur, ag, sh, cm, tr in columns:
+    for (
+        p,
+        rank,
+        sc,
+        cnt,
+        tot,
+        rec,
+        e1,
+        e2,
+        e4,
+        e8,
+        mom,
+        slo,
+        acc,
+        bur,
+        ag,
+        sh,
+        cm,
+        tr,
+        w32,
+        w8,
+        w4,
+        w2,
+        w1,
+        lq,
+        lh,
+        s_first,
+        s_last,
+        us,
+        ret,
+        rr,
+    ) in columns:
         item_id = str(item_ids[p])
         item_meta = meta.get(item_id)
         value = dumps(
@@ -634,6 +759,18 @@ def encode_score_updates(result: WindowResult) -> list[tuple[str, bytes]]:
                     "trend": names[tr],
                     "title": item_meta.title if item_meta else None,
                     "categories": list(item_meta.categories) if item_meta else [],
+                    "decayed_w32": w32,
+                    "decayed_w8": w8,
+                    "decayed_w4": w4,
+                    "decayed_w2": w2,
+                    "decayed_w1": w1,
+                    "last_quarter": lq,
+                    "last_half": lh,
+                    "seconds_since_first": s_first,
+                    "seconds_since_last": s_last,
+                    "users": us,
+                    "returning_users": ret,
+                    "return_rate": min(1.0, max(0.0, rr)),
                 },
                 "model_version": version,
             }

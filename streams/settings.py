@@ -81,8 +81,12 @@ class Settings(BaseSettings):
     progress_interval: str = Field(
         "1s", description="How often each partition reports its progress to the trending merge"
     )
+    # Minutes, not days: an event time ahead of the clock moves its partition's watermark, and
+    # every window it passes closes; the on-time events of those windows are then late.
     max_event_time_skew: str = Field(
-        "7d", description="Events this far ahead of the worker's clock are dead-lettered (0s: off)"
+        "5m",
+        description="Events more than this far ahead of the worker's clock are dead-lettered "
+        "as future: no record moves a partition's watermark past the clock plus this (0s: off)",
     )
     replication_factor: int = Field(
         1, ge=1, description="Replication factor of the topics the worker creates"

@@ -94,12 +94,13 @@ from streams.kafka_io import (
     decode_events,
     ensure_topics,
     late_letter,
+    show_time,
 )
 from streams.partitioning import partition_for, partition_for_key
 from streams.scoring import FallbackScorer
 from streams.settings import Settings
 from streams.trend.state import TrendConfig, TrendState
-from streams.trend.windows import parse_duration
+from streams.trend.windows import WindowSpec, parse_duration
 
 if TYPE_CHECKING:
     from streams.metrics import WorkerMetrics
@@ -441,6 +442,8 @@ class PartitionProcessor:
             fresh = list(records)
         self.last_record_at = time.monotonic()
         topic = worker.settings.events_topic
+        # The future bound: event times past the wall clock plus the skew are dead-lettered, so
+        # one fast producer clock cannot move the watermark (and close windows) past it.
         skew = worker.max_event_time_skew
         max_ts = time.time() + skew if skew > 0 else math.inf
         decoded = decode_events(fresh, topic, self.partition, max_ts=max_ts)
@@ -451,12 +454,18 @@ class PartitionProcessor:
         if applied:
             engine = self.engine
             codes = engine.state.catalog.codes(decoded.item_ids)
-            results, late = engine.ingest(codes, decoded.timestamps, decoded.weights)
+            max_ts_before = engine.state.max_ts
+            results, late = engine.ingest(
+                codes,
+                decoded.timestamps,
+                decoded.weights,
+                users=np.asarray(decoded.user_ids, dtype=object),
+            )
             for timing in self.scorer.timings:
                 metrics.scoring_seconds.observe(timing)
             self.scorer.timings.clear()
             if late.any():
-                letters.extend(self._late_letters(decoded, late))
+                letters.extend(self._late_letters(decoded, late, max_ts_before))
                 n_late = int(late.sum())
                 applied -= n_late
                 self.counters.late += n_late
@@ -486,27 +495,14 @@ class PartitionProcessor:
             return self.partition % partitions
         return partition_for_key(key, partitions)
 
-    def _late_letters(self, decoded: Any, late: np.ndarray) -> list[Any]:
+    def _late_letters(self, decoded: Any, late: np.ndarray, max_ts_before: float) -> list[Any]:
         spec = self.engine.config.trend.window
-        watermark = self.engine.state.max_ts - spec.grace
-        letters = []
-        for index in np.flatnonzero(late).tolist():
-            ts = float(decoded.timestamps[index])
-            window = spec.index_of(ts)
-            reason = (
-                f"late: event time {ts:.3f} is in window [{spec.start_of(window)}, "
-                f"{spec.end_of(window)}), already closed (partition watermark "
-                f"{watermark:.3f} = max event time - grace {spec.grace}s)"
-            )
-            letters.append(
-                late_letter(
-                    decoded.records[index],
-                    self.worker.settings.events_topic,
-                    self.partition,
-                    reason,
-                )
-            )
-        return letters
+        reasons = late_reasons(spec, decoded.timestamps, late, max_ts_before)
+        topic = self.worker.settings.events_topic
+        return [
+            late_letter(decoded.records[index], topic, self.partition, reason)
+            for index, reason in zip(np.flatnonzero(late).tolist(), reasons, strict=True)
+        ]
 
     def checkpoint_due(self, now: float) -> bool:
         if self.offset == self.scheduled_offset:
@@ -580,6 +576,51 @@ class PartitionProcessor:
                 "idle_s": now - self.last_record_at,
             }
         )
+
+
+def late_reasons(
+    spec: WindowSpec, timestamps: np.ndarray, late: np.ndarray, max_ts_before: float
+) -> list[str]:
+    """The dead-letter reason of every late event of a batch, in batch order.
+
+    Each reason quotes the watermark that applied to that event: the largest event time
+    before it (earlier batches: ``max_ts_before``, the state's ``max_ts`` before this batch
+    was ingested; then this batch up to it) minus the grace. That is what closed its window;
+    the watermark at the batch's end may be days later and says nothing about this event.
+
+    Parameters
+    ----------
+    spec : WindowSpec
+        The partition's windows.
+    timestamps : numpy.ndarray
+        Event times of the batch, as ingested.
+    late : numpy.ndarray
+        The engine's late mask of the batch (bool, aligned with ``timestamps``).
+    max_ts_before : float
+        The largest event time before the batch (``-inf`` when there was none).
+
+    Returns
+    -------
+    list of str
+        One reason per ``True`` in ``late``.
+    """
+    seen = np.maximum.accumulate(np.maximum(timestamps, max_ts_before))
+    reasons = []
+    for index in np.flatnonzero(late).tolist():
+        ts = float(timestamps[index])
+        watermark = float(seen[index]) - spec.grace
+        window = spec.index_of(ts)
+        start, end = (_show_edge(spec.start_of(window)), _show_edge(spec.end_of(window)))
+        reasons.append(
+            f"late: event time {show_time(ts)} is in window [{start}, {end}), already closed "
+            f"(partition watermark {show_time(watermark)} = max event time - grace {spec.grace}s)"
+        )
+    return reasons
+
+
+def _show_edge(seconds: int) -> str:
+    """A window edge for a reason: exact when plausible, bounded when absurd (1e300)."""
+    return str(seconds) if abs(seconds) < 10**15 else f"{float(seconds):.6g}"
 
 
 # ------------------------------------------------------------------------------ trending merge
@@ -778,7 +819,10 @@ class Worker:
         """Create the topics and start the producer and the group-less reader (both runtimes)."""
         from aiokafka import AIOKafkaProducer
 
+        from streams.kafka_options import verify_connection
+
         settings = self.settings
+        await verify_connection(settings)  # refused credentials: one clear error, no retries
         specs = [
             TopicSpec(settings.events_topic, settings.partitions),
             TopicSpec(settings.scores_topic, settings.partitions),
@@ -1342,6 +1386,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="records per batch")
     parser.add_argument(
+        "--max-event-time-skew",
+        default=None,
+        help="dead-letter events more than this ahead of the clock, e.g. 5m (0s: off)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus port (0 = off; default 9308)"
     )
     parser.add_argument(
@@ -1389,6 +1438,7 @@ _SETTING_ARGS = (
     "metrics_port",
     "checkpoint_interval",
     "runtime",
+    "max_event_time_skew",
 )
 
 

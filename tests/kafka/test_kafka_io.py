@@ -1,11 +1,15 @@
 """The Kafka glue's pure parts (fast encoder and decoder, dead-letter format, trending merge)
-and the changelog state store against the broker."""
+and the changelog state store against the broker.
+
+Only the tests that talk to the broker carry the ``kafka`` marker.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import itertools
+import re
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -26,11 +30,11 @@ from streams.kafka_io import (
     decode_events,
     encode_score_updates,
     read_dead_letter,
+    show_time,
 )
 from streams.settings import Settings
-from streams.worker import StateStore, TrendingMerger, merge_trending
-
-pytestmark = pytest.mark.kafka
+from streams.trend.windows import parse_duration
+from streams.worker import StateStore, TrendingMerger, late_reasons, merge_trending
 
 
 @pytest.mark.parametrize(
@@ -86,6 +90,11 @@ VALUES: list[dict[str, object] | bytes] = [
     {"user_id": None, "item_id": "42", "ts": 1},
     {"item_id": "42", "ts": 1},
     {"user_id": "u", "ts": 1},
+    {"user_id": 10**15, "item_id": "42", "ts": 1},
+    {"user_id": -(10**18), "item_id": "42", "ts": 1},
+    {"user_id": 0, "item_id": "42", "ts": 1, "weight": 3},
+    {"user_id": 7.5, "item_id": "42", "ts": 1},
+    {"user_id": True, "item_id": "42", "ts": 1},
 ]
 
 
@@ -103,6 +112,7 @@ def test_fast_decoding_accepts_exactly_what_the_schema_accepts() -> None:
             assert decoded.dead[0].reason == _reason(raw), value
         else:
             assert decoded.item_ids == [event.item_id], value
+            assert decoded.user_ids == [event.user_id], value
             assert decoded.timestamps.tolist() == [event.ts], value
             weights = [1.0] if decoded.weights is None else decoded.weights.tolist()
             assert weights == [event.weight], value
@@ -129,6 +139,7 @@ def test_decoding_keys_values_and_sizes() -> None:
     ]
     decoded = decode_events(records, "events", 2)
     assert decoded.item_ids == ["42", "42"]
+    assert decoded.user_ids == ["u", "u"]
     assert [r.offset for r in decoded.records] == [0, 6]
     assert [(d.offset, d.category) for d in decoded.dead] == [
         (1, "missing_key"),
@@ -138,6 +149,112 @@ def test_decoding_keys_values_and_sizes() -> None:
         (5, "bad_json"),
     ]
     assert all(d.partition == 2 and d.topic == "events" for d in decoded.dead)
+
+
+def test_user_ids_are_aligned_with_item_ids_on_every_path() -> None:
+    """User ids reach the engine: one per accepted event, aligned with ``item_ids`` and
+    ``records`` whichever decoding path took the record (the inline one, the dict one with a
+    weight or an integer id, pydantic's), rejected records in between taking none. Catches a
+    decoder without ``user_ids``, or one path not appending (misaligned columns)."""
+    values = [
+        (b"1", {"user_id": "alice", "item_id": "1", "ts": 10}),  # inline fast path
+        (b"2", {"user_id": 42, "item_id": "2", "ts": 11}),  # integer user id
+        (b"3", {"user_id": "bob", "item_id": 3, "ts": 12, "weight": 2}),  # dict path
+        (b"4", {"user_id": "x", "item_id": "4", "ts": "soon"}),  # dead
+        (b"5", {"user_id": 10**16, "item_id": "5", "ts": 13}),  # pydantic: big int id
+        (b"9", {"user_id": "carol", "item_id": "6", "ts": 14}),  # key mismatch: dead
+        (b"7", {"user_id": "dave", "item_id": "7", "ts": 15, "type": "view"}),
+    ]
+    records = [_record(n, key, orjson.dumps(value)) for n, (key, value) in enumerate(values)]
+    decoded = decode_events(records, "events", 0)
+    assert decoded.item_ids == ["1", "2", "3", "5", "7"]
+    assert decoded.user_ids == ["alice", "42", "bob", str(10**16), "dave"]
+    assert [r.offset for r in decoded.records] == [0, 1, 2, 4, 6]
+    assert [d.offset for d in decoded.dead] == [3, 5]
+
+
+NOW = 1_700_000_000.0
+
+
+def test_events_past_the_clock_bound_are_dead_lettered_as_future() -> None:
+    """Issue 11 item 3, without a broker: with the default ``max_event_time_skew`` an event
+    three days ahead of the worker's clock is dead-lettered as ``future`` (the old 7-day
+    default let it through to move the watermark), one within the bound is accepted, and the
+    bound is inclusive on both decoding paths."""
+    bound = NOW + parse_duration(Settings().max_event_time_skew)
+    assert bound - NOW <= 15 * 60, "the default bound is minutes, not days"
+    values = [
+        {"user_id": "u", "item_id": "1", "ts": NOW + 60},
+        {"user_id": "u", "item_id": "1", "ts": bound},
+        {"user_id": "u", "item_id": "1", "ts": bound, "weight": 2.0},
+        {"user_id": "u", "item_id": "1", "ts": NOW + 3 * 86400},
+        {"user_id": "u", "item_id": "1", "ts": NOW + 3 * 86400, "weight": 2.0},
+        {"user_id": "u", "item_id": "1", "ts": bound + 0.001},
+    ]
+    records = [_record(n, b"1", orjson.dumps(v)) for n, v in enumerate(values)]
+    decoded = decode_events(records, "events", 0, max_ts=bound)
+    assert decoded.timestamps.tolist() == [NOW + 60, bound, bound]
+    assert [(d.offset, d.kind, d.category) for d in decoded.dead] == [
+        (3, "malformed", "future"),
+        (4, "malformed", "future"),
+        (5, "malformed", "future"),
+    ]
+    assert "3 days past" in decoded.dead[0].reason
+    assert "max_event_time_skew" in decoded.dead[0].reason
+
+
+def _longest_digit_run(text: str) -> int:
+    return max((len(run) for run in re.findall(r"\d+", text)), default=0)
+
+
+def test_reasons_cut_long_values() -> None:
+    """Issue 11 item 9: a 1e300 timestamp printed 300 digits in its reason, a long key and
+    item id were quoted in full; every reason is now short and readable."""
+    values = [
+        (b"1", b'{"user_id": "u", "item_id": "1", "ts": 1e300}'),
+        (b"1", b'{"user_id": "u", "item_id": "1", "ts": 1e300, "weight": 1e6}'),
+        (b"1", b'{"user_id": "u", "item_id": "1", "ts": 4102444800000}'),
+        (b"k" * 5000, orjson.dumps({"user_id": "u", "item_id": "i" * 256, "ts": 1})),
+        (b"\xff" * 300, orjson.dumps({"user_id": "u", "item_id": "1", "ts": 1})),
+    ]
+    records = [_record(n, key, value) for n, (key, value) in enumerate(values)]
+    decoded = decode_events(records, "events", 0, max_ts=NOW + 300)
+    assert [d.category for d in decoded.dead] == ["future"] * 3 + ["key_mismatch"] * 2
+    for letter in decoded.dead:
+        assert len(letter.reason) <= 200, letter.reason
+        assert _longest_digit_run(letter.reason) <= 16, letter.reason
+    assert "1e+300" in decoded.dead[0].reason
+    # A millisecond epoch read as seconds: every digit kept, and how absurd it is said plainly.
+    assert "event time 4102444800000.000 is 129,945 years past" in decoded.dead[2].reason
+    assert "(5000 bytes)" in decoded.dead[3].reason
+    assert "(256 characters)" in decoded.dead[3].reason
+    assert show_time(NOW) == "1700000000.000 (2023-11-14T22:13:20Z)"
+    assert show_time(float("nan")) == "nan" and show_time(-1e300) == "-1e+300"
+
+
+def test_late_reasons_quote_the_watermark_at_each_event() -> None:
+    """Issue 11 item 9: a late event's reason quotes the watermark that closed its window (the
+    largest event time before it), not the partition's watermark at the batch's end. Catches
+    quoting ``state.max_ts`` after the batch (here 5 h later than what closed the window)."""
+    settings = Settings(window="1h")
+    engine = Engine(settings.engine_config(), scorer_factory("ewma-2", settings)())
+    spec = engine.config.trend.window
+    t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600
+    times = np.array([t0 + 10, t0 + 7200 + 5, t0 + 20, t0 + 5 * 3600 + 1, t0 + 3600 + 30])
+    codes = engine.state.catalog.codes(["a", "b", "a", "c", "d"])
+    before = engine.state.max_ts
+    _, late = engine.ingest(codes, times, None)
+    assert late.tolist() == [False, False, True, False, True]
+    first, second = late_reasons(spec, times, late, before)
+    assert f"event time {show_time(t0 + 20)} is in window [{int(t0)}, {int(t0) + 3600})" in first
+    assert f"partition watermark {show_time(t0 + 7205)} = max event time" in first
+    assert f"partition watermark {show_time(t0 + 5 * 3600 + 1)}" in second
+    # The next batch: the watermark carried over from the one before.
+    before = engine.state.max_ts
+    more = np.array([t0 + 40])
+    _, late = engine.ingest(engine.state.catalog.codes(["a"]), more, None)
+    (carried,) = late_reasons(spec, more, late, before)
+    assert f"partition watermark {show_time(t0 + 5 * 3600 + 1)}" in carried
 
 
 def test_dead_letter_record_round_trip() -> None:
@@ -231,6 +348,7 @@ def test_trending_merger_does_not_wait_for_an_idle_partition() -> None:
     assert [s.window_end for s in merger.ready(time.monotonic())] == [60]
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("chunk_bytes", [64, 1 << 20])
 def test_state_store_round_trip_in_chunks_and_generations(
     kafka_bootstrap: str,
@@ -289,6 +407,7 @@ def test_state_store_round_trip_in_chunks_and_generations(
     asyncio.run(scenario())
 
 
+@pytest.mark.kafka
 def test_batch_sender_keeps_order_across_batches(
     kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
 ) -> None:

@@ -1,5 +1,8 @@
 """``partition_for`` is Kafka's default partitioner: checked against aiokafka's murmur2 and
-against where a real broker put records produced with ``key=item_id.encode()``."""
+against where a real broker put records produced with ``key=item_id.encode()``.
+
+Only the broker round trip carries the ``kafka`` marker: murmur2 and ``split_log`` need none.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,6 @@ import pytest
 
 from streams.datasets import EventLog
 from streams.partitioning import murmur2, partition_for, partitions_of, split_log
-
-pytestmark = pytest.mark.kafka
 
 
 def test_murmur2_matches_aiokafka_and_the_java_client() -> None:
@@ -55,6 +56,7 @@ async def _round_trip(bootstrap: str, topic: str, keys: list[str]) -> dict[str, 
     return read
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("partitions", [1, 3, 4, 7])
 def test_partition_for_is_where_the_broker_puts_the_key(
     kafka_bootstrap: str, kafka_topic_factory: Callable[..., str], partitions: int
