@@ -20,7 +20,9 @@ Pieces
 - HTTP: ``/`` (the page, with a strict Content-Security-Policy), ``/embed.js`` (the
   ``<trail-trending>`` custom element), ``/api/trending``, ``/api/history/{item_id}``,
   ``/events`` (SSE: ``event: trending``, heartbeats, ``retry:``) and ``/healthz``. The API and
-  the event stream answer cross-origin GETs, so the component can be embedded anywhere.
+  the event stream answer cross-origin GETs, so the component can be embedded anywhere. Every
+  response, errors included, carries ``X-Content-Type-Options: nosniff``; a request head over
+  :data:`MAX_REQUEST_HEAD_BYTES` gets 431 (and the client can read it: no reset).
 
 Only the standard library and :mod:`schemas` are imported at module level: ``trail --help``
 imports every command module, and the widget's dependencies are an optional extra.
@@ -91,6 +93,14 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+_SECURITY_HEADER_LINES = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+#: Largest request head (request line and headers) served; a larger one gets 431. Browsers
+#: send a few KiB; 32 KiB leaves room for many cookies on a shared host name.
+MAX_REQUEST_HEAD_BYTES = 32 * 1024
+#: After refusing a request, how long (seconds) and how much (bytes) of what the client
+#: still sends is read and dropped before the socket closes (so it reads the answer).
+LINGER_S = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,7 +827,7 @@ class EventStream:
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache, no-transform"),
             (b"x-accel-buffering", b"no"),
-            *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()),
+            *_SECURITY_HEADER_LINES,
         ]
 
         async def watch_disconnect() -> None:
@@ -876,6 +886,117 @@ class WidgetOptions:
 
 def _static(name: str) -> bytes:
     return resources.files("streams").joinpath(STATIC_FOLDER, name).read_bytes()
+
+
+def _head_size(scope: dict[str, Any]) -> int:
+    """Bytes of a request's head as sent: request line, ``name: value`` lines, blank line."""
+    line = len(scope.get("method", "")) + len(scope.get("raw_path") or b"") + 12
+    query = scope.get("query_string") or b""
+    line += len(query) + 1 if query else 0
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) + 2
+
+
+class _Guard:
+    """The outermost ASGI layer: every response gets :data:`SECURITY_HEADERS` (Starlette's
+    own 404, 405 and 500 included, which no route adds them to), and a request whose head
+    exceeds ``max_head`` gets 431.
+
+    The HTTP server refuses a head that arrives in pieces once the pieces pass the limit
+    (:func:`_http_protocol`); a head that arrives whole in one read reaches the app, and this
+    is where it is refused, so the limit holds however the bytes were split.
+    """
+
+    def __init__(self, app: Any, max_head: int = MAX_REQUEST_HEAD_BYTES) -> None:
+        self.app = app
+        self.max_head = max_head
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _head_size(scope) > self.max_head:
+            body = b"request header fields too large\n"
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *_SECURITY_HEADER_LINES,
+            ]
+            await send({"type": "http.response.start", "status": 431, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+
+        async def send_secured(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                missing = [(k, v) for k, v in _SECURITY_HEADER_LINES if k not in present]
+                if missing:
+                    message = {**message, "headers": [*message.get("headers", ()), *missing]}
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
+
+
+def _http_protocol(max_head: int = MAX_REQUEST_HEAD_BYTES) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, changed where it answers a request it cannot parse.
+
+    uvicorn answers 400 without :data:`SECURITY_HEADERS` and closes the socket at once; a
+    client still sending (an oversized header, say) then gets a TCP reset, usually before it
+    can read the answer. Here a head over ``max_head`` bytes gets 431, any other parse error
+    400, both with the security headers; then the connection is half-closed and what the
+    client still sends is read and discarded (for up to :data:`LINGER_S` seconds and
+    :data:`LINGER_BYTES` bytes), so the answer arrives instead of a reset.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class WidgetH11Protocol(H11Protocol):
+        lingering = False
+        discarded = 0
+
+        def data_received(self, data: bytes) -> None:
+            if self.lingering:
+                self.discarded += len(data)
+                if self.discarded > LINGER_BYTES:
+                    self.transport.close()
+                return
+            super().data_received(data)
+
+        def eof_received(self) -> None:
+            if self.lingering:
+                self.transport.close()
+
+        def shutdown(self) -> None:
+            if self.lingering:
+                self.transport.close()
+                return
+            super().shutdown()
+
+        def send_400_response(self, msg: str) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A response is already on the wire (garbage pipelined behind a request):
+                # there is no room for another one; end the connection.
+                self.transport.close()
+                return
+            if len(self.conn.trailing_data[0]) > max_head:
+                status, body = 431, b"request header fields too large\n"
+            else:
+                status, body = 400, b"invalid HTTP request\n"
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *_SECURITY_HEADER_LINES,
+            ]
+            events = (h11.Response(status_code=status, headers=headers), h11.Data(data=body))
+            output = b"".join(self.conn.send(e) or b"" for e in (*events, h11.EndOfMessage()))
+            self.transport.write(output)
+            self.lingering = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # FIN once the answer is flushed; keep reading
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+    return WidgetH11Protocol
 
 
 def create_app(
@@ -1021,7 +1142,7 @@ def create_app(
             max_age=600,
         )
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return _Guard(Starlette(routes=routes, middleware=middleware, lifespan=lifespan))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1237,7 +1358,9 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         timeout_graceful_shutdown=3,
         lifespan="on",
-        http="h11",
+        http=_http_protocol(MAX_REQUEST_HEAD_BYTES),
+        # h11 refuses a head still incomplete past this size; _Guard the rest.
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_CutClientFilter(hub))

@@ -2,6 +2,7 @@
 
 ``widget_server(*args)`` starts ``python -m streams.cli widget --port 0 ARGS`` and returns a
 :class:`WidgetProcess` once ``/healthz`` answers; every server is stopped after the test.
+``widget_server_once`` is one ``--no-source`` server for a whole module.
 ``browser`` is one headless Debian Chromium (``/usr/bin/chromium``, or ``$TRAIL_CHROMIUM``)
 per session, driven by Playwright's sync API; tests that need it are skipped with a clear
 message when it is missing (``apt-get install chromium``). Never ``playwright install``.
@@ -129,6 +130,16 @@ def widget_server() -> Iterator[Callable[..., WidgetProcess]]:
 
     yield start
     for server in started:
+        stop_widget(server.process)
+
+
+@pytest.fixture(scope="module")
+def widget_server_once() -> Iterator[WidgetProcess]:
+    """One ``--no-source`` server (publishing off) shared by a module's tests that only read."""
+    server = start_widget("--no-source")
+    try:
+        yield server
+    finally:
         stop_widget(server.process)
 
 
