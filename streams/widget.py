@@ -383,8 +383,14 @@ class TrendingHub:
         self._message = sse_message("trending", self._view_json, event_id=str(self._seq))
 
     def _item_view(self, item: TrendingItem) -> dict[str, Any]:
+        """One row of the view; ``change`` is ``"new"`` for an item not in the previous list
+        and for an item whose trend is ``"new"`` (first seen a few windows ago): a row the
+        scorer calls new must read "new", not "▲1", even when it was listed a window before.
+        ``previous_rank`` stays the rank it had then (None when it was not listed)."""
         previous = None if self._baseline is None else self._baseline.get(item.item_id)
-        if self._baseline is None:
+        if item.trend == "new":
+            change: str | None = "new"
+        elif self._baseline is None:
             change = None
         elif previous is None:
             change = "new"

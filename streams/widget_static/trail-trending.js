@@ -9,7 +9,8 @@
  * number of rows shown. The element listens to the server's Server-Sent Events and updates its
  * rows in place, keyed by item id (rank badge, score, explanation, sparkline). Every value that
  * comes from the server (titles, explanations, ids) is written with textContent or
- * setAttribute only: never parsed as HTML. No dependencies, no build step.
+ * setAttribute only: never parsed as HTML. No dependencies, no build step. Below 540 px of
+ * width (a phone, a sidebar) rows stack: rank over badge at the left, the text full width.
  *
  * Events: `trail-update` (detail: {windowEnd, items}) after each render, `trail-status`
  * (detail: {status: "live" | "connecting" | "reconnecting"}).
@@ -32,16 +33,18 @@
       color: #1c2330; background: #fff; border: 1px solid #dfe3ea; border-radius: 12px;
       padding: 14px 16px; }
     :host([hidden]) { display: none; }
-    header { display: flex; align-items: baseline; gap: 10px; margin-bottom: 8px; }
+    header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 2px 10px;
+      margin-bottom: 8px; }
     h2 { font-size: 16px; margin: 0; font-weight: 650; }
-    .window { color: #5b6577; font-size: 12px; flex: 1; }
+    .window { color: #5b6577; font-size: 12px; flex: 1 1 auto; }
     .status { font-size: 12px; color: #5b6577; display: inline-flex; align-items: center; gap: 5px; }
     .status::before { content: ""; width: 8px; height: 8px; border-radius: 50%; background: #c2c8d2; }
     .status[data-status="live"]::before { background: #1f9d55; }
     .status[data-status="reconnecting"]::before { background: #d97706; }
     ol { list-style: none; margin: 0; padding: 0; }
-    li { display: grid; grid-template-columns: 28px 48px 1fr auto 64px; align-items: center;
-      gap: 10px; padding: 8px 4px; border-top: 1px solid #eef0f4; }
+    li { display: grid; grid-template-columns: 86px minmax(0, 1fr) auto 64px;
+      align-items: center; gap: 10px; padding: 8px 4px; border-top: 1px solid #eef0f4; }
+    .pos { display: grid; grid-template-columns: 28px 48px; align-items: center; gap: 10px; }
     li:first-child { border-top: none; }
     .rank { font-weight: 700; font-size: 18px; text-align: right; color: #2a3345;
       font-variant-numeric: tabular-nums; }
@@ -52,15 +55,20 @@
     .badge[data-change="new"] { color: #1d4ed8; background: #e6eefe; }
     .main { min-width: 0; }
     .head { display: flex; align-items: baseline; gap: 8px; min-width: 0; }
-    .title { font-weight: 600; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-    .id { color: #8a93a3; font-size: 11px; white-space: nowrap; }
+    .title { font-weight: 600; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+      flex: 0 1 auto; min-width: 0; }
+    /* Ids can be long strings (titles, URLs): they give way to the title, never take it. */
+    .id { color: #8a93a3; font-size: 11px; white-space: nowrap; overflow: hidden;
+      text-overflow: ellipsis; flex: none; max-width: 25%; }
+    .id[hidden], .trend[hidden] { display: none; }
     .trend { font-size: 11px; border-radius: 999px; padding: 0 7px; background: #f1f3f6;
-      color: #5b6577; white-space: nowrap; }
+      color: #5b6577; white-space: nowrap; flex: none; }
     .trend.rising { background: #e3f6ea; color: #0f7a3d; }
     .trend.falling { background: #fdeceb; color: #b42318; }
     .trend.new { background: #e6eefe; color: #1d4ed8; }
-    .explanation { margin: 2px 0 0; color: #465063; font-size: 12.5px; overflow-wrap: anywhere;
-      white-space: pre-wrap; }
+    /* break-word, not anywhere: "anywhere" lets a squeezed column shrink to one letter. */
+    .explanation { margin: 2px 0 0; color: #465063; font-size: 12.5px;
+      overflow-wrap: break-word; word-break: normal; white-space: pre-wrap; min-width: 0; }
     .explanation:empty { display: none; }
     svg { display: block; overflow: visible; }
     polyline { fill: none; stroke: #3b82f6; stroke-width: 1.6; stroke-linejoin: round;
@@ -71,7 +79,28 @@
     .score small { display: block; font-weight: 400; color: #8a93a3; font-size: 10.5px; }
     .empty { color: #5b6577; margin: 8px 0; }
     .empty[hidden] { display: none; }
+
+    /* Narrow (a phone, a sidebar): rank over badge at the left; title, explanation and
+       sparkline get the whole width beside them, the score stays top right. */
+    ol[data-layout="narrow"] li { grid-template-columns: 40px minmax(0, 1fr) auto;
+      grid-template-areas: "pos head score" "pos text text" "pos spark spark";
+      align-items: start; column-gap: 10px; row-gap: 3px; }
+    ol[data-layout="narrow"] .pos { grid-area: pos; grid-template-columns: 40px; gap: 4px;
+      justify-items: center; }
+    ol[data-layout="narrow"] .rank { text-align: center; line-height: 1.2; }
+    ol[data-layout="narrow"] .main { display: contents; }
+    ol[data-layout="narrow"] .head { grid-area: head; flex-wrap: wrap; row-gap: 2px; }
+    ol[data-layout="narrow"] .title { flex: 1 1 100%; white-space: normal;
+      overflow-wrap: break-word; display: -webkit-box; -webkit-box-orient: vertical;
+      -webkit-line-clamp: 2; line-clamp: 2; }
+    ol[data-layout="narrow"] .id { max-width: 60%; }
+    ol[data-layout="narrow"] .explanation { grid-area: text; margin: 0; }
+    ol[data-layout="narrow"] .spark { grid-area: spark; }
+    ol[data-layout="narrow"] .score { grid-area: score; }
   `;
+  // Below this content width (px) rows switch to the narrow layout: the wide grid needs
+  // about 290 px of fixed columns and leaves the title and explanation too little.
+  const NARROW_BELOW = 540;
 
   let sharedSheet = null;
   function adoptStyles(root) {
@@ -147,15 +176,46 @@
       this._root.append(header, this._empty, this._list);
       this._rows = new Map();
       this._source = null;
+      this._resize = null;
       this.snapshot = null;
     }
 
     connectedCallback() {
+      this._fit();
+      // A ResizeObserver, not a container query: size containment on the host would make it
+      // collapse to zero width in shrink-to-fit places (a flex item, a float) of a host page.
+      if (typeof ResizeObserver === "function") {
+        this._resize = new ResizeObserver(() => this._fit());
+        this._resize.observe(this);
+      } else {
+        const onResize = () => this._fit();
+        addEventListener("resize", onResize);
+        this._resize = { disconnect: () => removeEventListener("resize", onResize) };
+      }
       this._connect();
     }
 
     disconnectedCallback() {
+      if (this._resize) {
+        this._resize.disconnect();
+        this._resize = null;
+      }
       this._disconnect();
+    }
+
+    _fit() {
+      const style = getComputedStyle(this);
+      const width = this.clientWidth
+        - parseFloat(style.paddingLeft || "0") - parseFloat(style.paddingRight || "0");
+      if (!(width > 0)) return; // not rendered (hidden, detached): keep the last layout
+      const current = this._list.getAttribute("data-layout");
+      // A little hysteresis: a page scrollbar that comes and goes with the new row heights
+      // must not flip the layout back and forth.
+      const limit = current === "narrow" ? NARROW_BELOW + 16 : NARROW_BELOW;
+      const layout = width < limit ? "narrow" : "wide";
+      if (current !== layout) {
+        this._list.setAttribute("data-layout", layout);
+      }
     }
 
     attributeChangedCallback(name, oldValue, newValue) {
@@ -254,8 +314,10 @@
       head.append(parts.title, parts.trend, parts.id);
       const main = el("div", "main");
       main.append(head, parts.explanation);
+      const pos = el("div", "pos");
+      pos.append(parts.rank, parts.badge);
       parts.score.append(parts.scoreValue, parts.scoreLabel);
-      row.append(parts.rank, parts.badge, main, parts.spark, parts.score);
+      row.append(pos, main, parts.spark, parts.score);
       return parts;
     }
 
@@ -265,7 +327,9 @@
       parts.row.setAttribute("data-rank", String(rank));
       parts.rank.textContent = String(rank);
 
-      const change = CHANGES.has(item.change) ? item.change : "none";
+      // An item the scorer calls new reads "new" only, never "▲1", even if it was listed a
+      // window before (the server says so too; this covers any other source of snapshots).
+      const change = item.trend === "new" ? "new" : CHANGES.has(item.change) ? item.change : "none";
       parts.row.setAttribute("data-change", change);
       parts.badge.setAttribute("data-change", change);
       let badge = "–";
@@ -286,7 +350,9 @@
       parts.title.textContent = title;
       parts.title.setAttribute("title", title);
       parts.id.textContent = `#${itemId}`;
-      const trend = TRENDS.has(item.trend) ? item.trend : "";
+      parts.id.hidden = title === itemId; // ids that are titles: say it once
+      // The badge already says "new": a second "new" pill beside it says nothing more.
+      const trend = TRENDS.has(item.trend) && item.trend !== "new" ? item.trend : "";
       parts.trend.className = trend ? `trend ${trend}` : "trend";
       parts.trend.textContent = trend;
       parts.trend.hidden = !trend;

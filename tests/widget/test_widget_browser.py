@@ -192,3 +192,112 @@ def test_embed_script_on_another_origin(widget_server, page, artifacts, ui) -> N
     finally:
         host.shutdown()
         host.server_close()
+
+
+LONG_TITLES = {
+    "a": "The Adventures of Priscilla, Queen of the Desert (1994)",
+    "b": "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb (1963)",
+    "c": "Wallace & Gromit: The Best of Aardman Animation (1996)",
+    "d": "Short",
+}
+LONG_ID = "Seven (Se7en) (1995), an item id that is a whole title"
+EXPLANATION = (
+    "Rising: 42 events this week, up from 12 the week before, the strongest rise in the "
+    "list; recent windows 3, 7, 12 and 42, each one above the last."
+)
+
+#: Per row: the title's and explanation's rendered boxes, the card's width, how many lines
+#: the explanation takes and how many words it has, and whether anything overflows.
+LAYOUT_JS = """() => {
+  const host = document.querySelector('trail-trending');
+  const card = host.getBoundingClientRect().width;
+  return [...host.shadowRoot.querySelectorAll('li')].map((li) => {
+    const title = li.querySelector('.title');
+    const text = li.querySelector('.explanation');
+    const range = document.createRange();
+    range.selectNodeContents(text);
+    const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+    return {
+      id: li.getAttribute('data-item-id'),
+      card,
+      title: title.getBoundingClientRect().width,
+      titleFull: title.scrollWidth,
+      text: text.getBoundingClientRect().width,
+      lines: tops.size,
+      words: text.textContent.trim().split(/\\s+/).length,
+      rowOverflow: li.scrollWidth - li.clientWidth,
+    };
+  });
+}"""
+
+
+def test_layout_reads_well_from_phone_to_desktop(widget_server, browser, artifacts, ui) -> None:
+    """Issue 11 item 7: at 390 px the title got 0 px and the explanation one syllable per
+    line (a five-column grid with 276 px of fixed columns). Fails on that grid, and on an
+    id that crowds out the title. Screenshots: out/widget/layout-<width>.png."""
+    server = widget_server("--no-source", "--allow-publish")
+    fields = {
+        key: {"title": title, "explanation": EXPLANATION} for key, title in LONG_TITLES.items()
+    }
+    order = ["a", "b", LONG_ID, "c", "d"]
+    fields[LONG_ID] = {
+        "title": "Seven, the 1995 thriller by David Fincher",
+        "explanation": EXPLANATION,
+    }
+    server.publish("trending", snapshot(1, order, **fields))
+    for width in (360, 390, 1200, 1440):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            page = context.new_page()
+            page.goto(server.url + "/")
+            ui.wait_rows(page, len(order))
+            ui.settle(page)
+            page.screenshot(path=str(artifacts / f"layout-{width}.png"), full_page=True)
+            rows = page.evaluate(LAYOUT_JS)
+            page_overflow = page.evaluate(
+                "() => document.documentElement.scrollWidth - window.innerWidth"
+            )
+        finally:
+            context.close()
+        narrow = width < 600
+        for row in rows:
+            where = f"{width}px, row {row['id']!r}: {row}"
+            short_title = row["titleFull"] <= row["title"] + 1  # the whole title is shown
+            if not short_title:
+                assert row["title"] >= (0.4 if narrow else 0.3) * row["card"], where
+            assert row["title"] > 0 and row["rowOverflow"] <= 0, where
+            assert row["text"] >= (0.6 if narrow else 0.5) * row["card"], where
+            assert row["words"] / row["lines"] >= 5, f"explanation lines too short: {where}"
+            assert row["lines"] <= (5 if narrow else 3), where
+        assert page_overflow <= 0, f"{width}px: the page scrolls sideways"
+
+
+def test_a_new_item_shows_new_only(widget_server, page, artifacts, ui) -> None:
+    """Issue 11 item 7: an item whose trend is "new" but that was listed a window before
+    showed "▲1" beside its "new" pill. Now its badge says "new", once, and nothing else on
+    the row does; an item new to the list but not new to the scorer keeps its trend pill."""
+    server = widget_server("--no-source", "--allow-publish")
+    server.publish("trending", snapshot(1, ["a", "b", "c"], c={"trend": "new"}))
+    page.goto(server.url + "/")
+    ui.wait_rows(page, 3)
+    server.publish(
+        "trending",
+        snapshot(2, ["a", "c", "b", "d", "e"], c={"trend": "new"}, e={"trend": "new"}),
+    )
+    page.wait_for_function(f"() => ({ui.ROWS_JS})().length === 5")
+    ui.settle(page)
+    rows = {row["id"]: row for row in ui.rows(page)}
+    seen = page.evaluate(
+        """() => Object.fromEntries([...document.querySelector('trail-trending').shadowRoot
+          .querySelectorAll('li')].map((li) => [li.getAttribute('data-item-id'),
+            li.innerText.split(/\\s+/).filter((word) => word === 'new').length]))"""
+    )
+    page.screenshot(path=str(artifacts / "new-items.png"), full_page=True)
+    assert rows["c"]["badge"] == "new" and rows["c"]["change"] == "new"  # moved 3 -> 2
+    assert rows["e"]["badge"] == "new"
+    assert rows["d"]["badge"] == "new"  # new to the list, trend "steady": pill stays
+    assert rows["b"]["badge"] == "▼1" and rows["a"]["badge"] == "–"
+    assert seen == {"a": 0, "b": 0, "c": 1, "d": 1, "e": 1}, "'new' once per new row"
+    api = {item["item_id"]: item for item in server.get_json("/api/trending")["items"]}
+    assert api["c"]["change"] == "new" and api["c"]["previous_rank"] == 3
+    assert page.problems == []
