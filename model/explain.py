@@ -7,16 +7,40 @@ Three pieces, all pure (no torch) and deterministic:
   construction. It is the source of the explanation targets the model is fine-tuned on; the
   ``variant`` argument varies the wording so the model learns content, not one template.
 * :func:`extract_claims` parses any explanation (verbalized or generated) back into claims of
-  five kinds: ``direction`` (rising / falling / steady / new / established), ``magnitude``
-  (momentum multiplier, event count, forecast, traffic share), ``recency`` (age), ``category``
-  (the genre's own momentum) and ``item`` (a quoted title). :func:`check_explanation` scores
-  the claims against the signals: faithfulness is the share of true claims, and a
-  contradiction is a claim the signals (or the model's own score) refute.
+  five kinds: ``direction`` (rising / falling / steady, and the age words brand-new / new /
+  established), ``magnitude`` (momentum multiplier, event count, forecast, traffic share),
+  ``recency`` (age), ``category`` (the genre's own momentum) and ``item`` (a quoted title).
+  :func:`check_explanation` scores the claims against the signals: faithfulness is the share
+  of true claims, and a contradiction is a claim the signals (or the model's own score) refute.
 * :func:`perturb` makes an unfaithful variant of an explanation (direction flipped, a number
   changed, or the item swapped): the negative of the contrastive explanation loss.
 
 The rules that decide what is "rising" live in :func:`read_signals`, so the verbalizer and the
 checker cannot drift apart.
+
+What a reader understands, and so what the checker accepts and the verbalizer says:
+
+* **Ages.** "brand-new", "new this week", "first seen this week", "in its first week", "just
+  launched" mean first seen in *this* window (``age_windows == 0``). "new", "a newcomer",
+  "recently introduced" cover the first :data:`RECENT_MAX_AGE` windows (ages 0-3: the ages the
+  prompt's trend category calls ``new``). "established" and "long-running" need
+  :data:`ESTABLISHED_MIN_AGE` windows; between the two, neither word is true or refuted.
+  "first seen N weeks ago" (in the window's own unit) is exact up to N = 3 and within
+  :data:`TOLERANCE` beyond; other units are converted to windows.
+* **Ratios.** "up 2.6x vs its long-run average", "at 2.6x its usual level" quote momentum, a
+  ratio of EW means that start at zero when the item is first seen. Such a claim means what a
+  reader thinks only when the item has a usual level (:func:`baseline_level`): at least
+  :data:`RATIO_MIN_AGE` earlier windows, so the zero start moves momentum by less than
+  :data:`TOLERANCE`, and a long-run level of at least :data:`RATIO_MIN_BASELINE` events per
+  window before this one. Otherwise a ratio claim is false (a contradiction for an item first
+  seen this window, which has no earlier level at all), and the verbalizer never makes one.
+* **Repetition.** Two claims that state the same fact ("brand-new, first seen this week";
+  "rising ... growing") count once: the repeat is flagged (:attr:`Verdict.repeated`, counted
+  in :attr:`Faithfulness.repeated`) and left out of the claim, true-claim and contradiction
+  counts, so padding neither raises nor lowers faithfulness. Claims on one topic that say
+  different things ("new" and "first seen 2 weeks ago") are each judged. The verbalizer is
+  stricter: it states each topic (age, direction, count, ratio, share, category, title) at
+  most once, and never restates the forecast that :func:`forecast_sentence` opens with.
 
 >>> from schemas.records import ItemFeatures
 >>> f = ItemFeatures(item_id="1", window_end=604800, window_seconds=604800, count=45.0,
@@ -32,6 +56,9 @@ Its category Comedy is also heating up.
 1.0
 >>> check_explanation("It is falling.", f, None).contradictions
 1
+>>> newcomer = f.model_copy(update={"age_windows": 0})
+>>> check_explanation("It is brand-new, at 2.6x its usual level.", newcomer, None).faithfulness
+0.5
 """
 
 from __future__ import annotations
@@ -40,7 +67,7 @@ import math
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from schemas.records import ItemFeatures
@@ -55,10 +82,39 @@ MOVE_RATIO = 1.15
 STRONG_RATIO = 2.0
 #: Least-squares slope per window, relative to the mean recent count (+1), that counts as flat.
 FLAT_SLOPE = 0.10
-#: An item first seen at most this many windows ago is "new".
+#: An item first seen at most this many windows ago is :attr:`Signals.new` (and the synthetic
+#: "new" shape of :mod:`model.tiny`). What the age *words* mean is set by the three below.
 NEW_MAX_AGE = 1
+#: "new", "a newcomer", "recently introduced": first seen at most this many windows ago. These
+#: are exactly the ages the prompt's trend category calls ``new`` (the trend core's default
+#: ``new_item_windows`` is 4), so the words agree with what the model reads.
+RECENT_MAX_AGE = 3
+#: "established", "long-running": first seen at least this many windows ago. Ages in between
+#: are neither: both words are then unsupported, not refuted.
+ESTABLISHED_MIN_AGE = 8
 #: Relative error beyond which a number in an explanation is wrong.
 TOLERANCE = 0.25
+#: Half-life, in windows, of the long-run EW mean (``ew_8``) that momentum divides by.
+LONG_HALF_LIFE = 8.0
+#: A ratio claim needs a long-run level of at least this many events per window before this
+#: window: against a fraction of an event, momentum's +1 smoothing is most of the "usual level".
+RATIO_MIN_BASELINE = 1.0
+
+
+def _min_ratio_age(half_life: float, tolerance: float) -> int:
+    # An EW mean that starts at zero keeps weight 2^(-(age+1)/h) on the zero after age+1
+    # windows; dividing by it inflates momentum by at most 1 / (1 - that weight). The first age
+    # at which that stays within the tolerance is the first with a usual level to compare to.
+    age = 0
+    while 1.0 / (1.0 - 2.0 ** (-(age + 1) / half_life)) - 1.0 > tolerance:
+        age += 1
+    return age
+
+
+#: A ratio claim needs the item to be at least this many windows old (18 with a half-life of 8
+#: and a 25% tolerance): younger, the zero start of the long-run mean makes a flat item look
+#: 1.3x to 6x "its usual level".
+RATIO_MIN_AGE = _min_ratio_age(LONG_HALF_LIFE, TOLERANCE)
 
 #: Window lengths that have a natural name; any other length is a "window".
 _PERIOD_NAMES = {3600: "hour", 86_400: "day", 604_800: "week", 2_592_000: "month"}
@@ -91,6 +147,14 @@ class Signals:
     predicted_strong: bool
     category: Direction | None
     category_strong: bool
+    #: First seen in this window: "brand-new", "first seen this week".
+    brand_new: bool = False
+    #: First seen at most :data:`RECENT_MAX_AGE` windows ago: "new", "a newcomer".
+    young: bool = False
+    #: First seen at least :data:`ESTABLISHED_MIN_AGE` windows ago: "established".
+    established: bool = False
+    #: Momentum may be quoted as a ratio to a usual level (see :func:`baseline_level`).
+    ratio_meaningful: bool = False
 
 
 def _ratio_direction(ratio: float) -> Direction:
@@ -103,6 +167,11 @@ def _ratio_direction(ratio: float) -> Direction:
 
 def _is_strong(ratio: float) -> bool:
     return ratio >= STRONG_RATIO or ratio <= 1.0 / STRONG_RATIO
+
+
+def _relative_slope(features: ItemFeatures) -> float:
+    counts = features.recent_counts or (features.count,)
+    return features.slope / (sum(counts) / len(counts) + 1.0)
 
 
 def read_signals(features: ItemFeatures, predicted_log_count: float | None = None) -> Signals:
@@ -121,9 +190,7 @@ def read_signals(features: ItemFeatures, predicted_log_count: float | None = Non
     >>> read_signals(f, predicted_log_count=0.0).predicted
     'falling'
     """
-    counts = features.recent_counts or (features.count,)
-    scale = sum(counts) / len(counts) + 1.0
-    rel_slope = features.slope / scale
+    rel_slope = _relative_slope(features)
     by_momentum = _ratio_direction(features.momentum)
     direction: Direction | Literal["mixed"]
     if by_momentum == "rising":
@@ -147,15 +214,46 @@ def read_signals(features: ItemFeatures, predicted_log_count: float | None = Non
         category = _ratio_direction(features.category_momentum)
         category_strong = _is_strong(features.category_momentum)
 
+    age = features.age_windows
     return Signals(
         direction=direction,
         strong=_is_strong(features.momentum),
-        new=features.age_windows <= NEW_MAX_AGE,
+        new=age <= NEW_MAX_AGE,
         predicted=predicted,
         predicted_strong=predicted_strong,
         category=category,
         category_strong=category_strong,
+        brand_new=age == 0,
+        young=age <= RECENT_MAX_AGE,
+        established=age >= ESTABLISHED_MIN_AGE,
+        ratio_meaningful=baseline_level(features) is not None,
     )
+
+
+def baseline_level(features: ItemFeatures) -> float | None:
+    """The item's usual level before this window, when a ratio against it means something.
+
+    The level is the long-run EW mean (half-life :data:`LONG_HALF_LIFE`) as it stood before
+    this window's count entered it, in events per window. It is a usual level a reader can
+    compare with only when the item is at least :data:`RATIO_MIN_AGE` windows old (so the
+    mean's zero start moves momentum by less than :data:`TOLERANCE`) and the level is at
+    least :data:`RATIO_MIN_BASELINE`; otherwise ``None``, and no ratio claim is true.
+
+    Examples
+    --------
+    >>> from model.tiny import synthetic_features
+    >>> old = synthetic_features(random.Random(3), shape="steady")
+    >>> old.age_windows >= RATIO_MIN_AGE, round(baseline_level(old) or 0.0)
+    (True, 57)
+    >>> baseline_level(old.model_copy(update={"age_windows": 0})) is None
+    True
+    """
+    if features.age_windows < RATIO_MIN_AGE:
+        return None
+    keep = 2.0 ** (-1.0 / LONG_HALF_LIFE)
+    # ew_8 = keep * before + (1 - keep) * count, so the level before this window is exact.
+    before = max(0.0, (features.ew_8 - (1.0 - keep) * features.count) / keep)
+    return before if before >= RATIO_MIN_BASELINE else None
 
 
 def period_name(window_seconds: int) -> str:
@@ -257,7 +355,6 @@ _CATEGORY_WORDS: dict[str, tuple[str, ...]] = {
     "falling": ("cooling", "losing steam", "declining"),
     "steady": ("steady", "holding steady", "flat"),
 }
-_NEW_WORDS = ("new {this}", "a newcomer", "brand-new")
 _SUBJECTS = ("This item", "It", "This title")
 #: Category names the verbalizer will mention: short, one line, no sentence punctuation, so
 #: that the checker's pattern can read them back unambiguously.
@@ -285,7 +382,14 @@ def clean_title(title: str | None, max_chars: int = 60) -> str | None:
 
 def _ratio_phrase(momentum: float, variant: int) -> str:
     r = format_ratio(momentum)
-    if momentum >= 1:
+    if 1.0 / MOVE_RATIO < momentum < MOVE_RATIO:
+        # Inside the steady band "up 1.0x" or "down to 0.99x" would suggest a move.
+        options = (
+            f"at {r}x its usual level",
+            f"running at {r}x its long-run average",
+            f"at {r}x its long-run average",
+        )
+    elif momentum >= 1:
         options = (
             f"up {r}x vs its long-run average",
             f"at {r}x its usual level",
@@ -300,36 +404,27 @@ def _ratio_phrase(momentum: float, variant: int) -> str:
     return _choose(options, variant, 2)
 
 
-def _count_phrase(count: float, period: str, variant: int) -> str | None:
-    this = this_period(period)
+def _count_phrase(count: float, period: str, variant: int, *, dated: bool = True) -> str | None:
+    # ``dated=False`` leaves out "this week" where the sentence already says when.
+    when = f" {this_period(period)}" if dated else ""
     if count == 0:
-        return f"no events {this}"
+        return f"no events{when}"
     if count < 1:
         return None  # weighted fractions of one event are noise, not a story
     exact = float(count).is_integer() and count < 100
     n = format_count(count)
     events = "event" if n == "1" else "events"
     if exact and variant % 2 == 0:
-        return f"{n} {events} {this}"
-    return f"about {n} {events} {this}"
+        return f"{n} {events}{when}"
+    return f"about {n} {events}{when}"
 
 
-def _recency_phrase(age: int, period: str, variant: int) -> str:
+def _recency_clause(age: int, period: str, variant: int, subject: str = "it") -> str:
     if age == 0:
-        return f"first seen {this_period(period)}"
+        return f"{subject} was first seen {this_period(period)}"
     options = (
-        f"first seen {_plural(age, period)} ago",
-        f"around for {_plural(age, period)}",
-    )
-    return _choose(options, variant, 3)
-
-
-def _recency_clause(age: int, period: str, variant: int) -> str:
-    if age == 0:
-        return f"it was first seen {this_period(period)}"
-    options = (
-        f"it was first seen {_plural(age, period)} ago",
-        f"it has been around for {_plural(age, period)}",
+        f"{subject} was first seen {_plural(age, period)} ago",
+        f"{subject} has been around for {_plural(age, period)}",
     )
     return _choose(options, variant, 3)
 
@@ -341,17 +436,37 @@ def _category_phrase(name: str, direction: Direction, item_rising: bool, variant
     return f"its {noun} {name} is {also}{word}"
 
 
-def _forecast_phrase(predicted_log_count: float, period: str, variant: int) -> str:
-    expected = max(0.0, math.expm1(predicted_log_count))
-    n = format_count(expected)
-    events = "event" if n == "1" else "events"
-    when = next_period(period)
-    options = (
-        f"it should see about {n} {events} {when}",
-        f"it is on track for about {n} {events} {when}",
-        f"the forecast is about {n} {events} {when}",
-    )
-    return _choose(options, variant, 6)
+def _young_opening(subject: str, features: ItemFeatures, period: str, variant: int) -> str:
+    """The first sentence for an item at most :data:`RECENT_MAX_AGE` windows old.
+
+    Exactly one statement of its age (never "new this week, first seen this week"), no ratio
+    (it has no usual level yet) and no direction (its EW means are still filling up).
+    """
+    age = features.age_windows
+    dated = _count_phrase(features.count, period, variant)
+    bare = _count_phrase(features.count, period, variant, dated=False)
+    this = this_period(period)
+    if age == 0:
+        form = (variant + variant // 4) % 4
+        if form == 1:
+            return f"{subject} is new {this}" + (f", with {bare}" if bare else "")
+        if form == 2:
+            return f"{subject} was first seen {this}" + (f" and drew {bare}" if bare else "")
+        if form == 3 and bare is not None:
+            return f"{subject} drew {bare} in its first {period}"
+        return f"{subject} is brand-new" + (f", with {dated}" if dated else "")
+    form = (variant + variant // 5) % 5
+    with_count = f", with {dated}" if dated else ""
+    if form == 1:
+        return f"{subject} is a newcomer{with_count}"
+    if form == 2:
+        ago = f"{subject} was first seen {_plural(age, period)} ago"
+        return ago + (f" and drew {dated}" if dated else "")
+    if form == 3:
+        return f"{subject} has been around for {_plural(age, period)}{with_count}"
+    if form == 4:
+        return f"{subject} was recently introduced{with_count}"
+    return f"{subject} is new{with_count}"
 
 
 def _sentence(text: str) -> str:
@@ -367,15 +482,21 @@ def verbalize(features: ItemFeatures, predicted_log_count: float | None, *, vari
         The item's signals at the close of a window.
     predicted_log_count
         The predicted ``log(1 + count)`` of the next window, or ``None``. When given, a
-        direction is stated only if the forecast does not oppose it, and some variants quote
-        the forecast as an event count.
+        direction is stated only if the forecast does not oppose it. The forecast itself is
+        not restated: every explanation that carries one opens with
+        :func:`forecast_sentence`, and saying it twice is padding.
     variant
         Any integer; selects the template and the wording. Equal inputs give equal text.
 
     Returns
     -------
     str
-        An explanation for which :func:`check_explanation` finds only true claims.
+        An explanation for which :func:`check_explanation` finds only true claims, each on
+        a different topic: an item at most :data:`RECENT_MAX_AGE` windows old is described
+        by its age (one phrase) and count; an older one by its direction, its ratio to its
+        usual level (only when :func:`baseline_level` says it has one) and its count. An
+        item without a usual level is called rising only when its recent counts climb
+        (relative slope above :data:`FLAT_SLOPE`), not on momentum alone.
 
     Examples
     --------
@@ -385,6 +506,9 @@ def verbalize(features: ItemFeatures, predicted_log_count: float | None, *, vari
     True
     >>> len({verbalize(f, None, variant=v) for v in range(6)}) > 3
     True
+    >>> new = synthetic_features(random.Random(2), shape="new", window_seconds=604800)
+    >>> new.age_windows, verbalize(new, None, variant=3)
+    (0, 'This item drew about 2 events in its first week.')
     """
     sig = read_signals(features, predicted_log_count)
     period = period_name(features.window_seconds)
@@ -398,39 +522,49 @@ def verbalize(features: ItemFeatures, predicted_log_count: float | None, *, vari
 
     count = _count_phrase(features.count, period, variant)
     extras: list[str] = []
+    item_rising = False
 
-    if sig.new:
-        this = this_period(period)
-        status = _choose(_NEW_WORDS, variant, 0).format(this=this)
-        first = f"{subject} is {status}"
-        if not (features.age_windows == 0 and status.endswith(this)):
-            # "new this week, first seen this week" would say the same thing twice.
-            first += ", " + _recency_phrase(features.age_windows, period, variant)
-        if count is not None:
-            first += f", with {count}"
-        item_rising = False
+    if sig.young:
+        first = _young_opening(subject, features, period, variant)
     else:
         direction = _stated_direction(sig)
-        ratio = _ratio_phrase(features.momentum, variant)
-        with_count = f" with {count}" if count is not None else ""
+        if direction == "rising" and not sig.ratio_meaningful:
+            # Without a usual level, momentum is inflated by the long-run mean's zero start: a
+            # flat item ten windows old reads 1.5x. Say "rising" only if the counts climb too.
+            if _relative_slope(features) <= FLAT_SLOPE:
+                direction = None
+        ratio = _ratio_phrase(features.momentum, variant) if sig.ratio_meaningful else None
+        age_said = False
         if direction is None:
-            first = f"{subject} is {ratio}{with_count}"
-        elif template == 1:
-            word = _choose(_DIRECTION_WORDS[direction], variant, 0)
-            who = subject if subject.startswith('"') else subject.lower()
-            first = f"{word[:1].upper()}{word[1:]}: {who} is {ratio}{with_count}"
+            if ratio is not None:
+                first = f"{subject} is {ratio}" + (f" with {count}" if count else "")
+            elif count is not None:
+                first = f"{subject} drew {count}"
+            else:
+                first = _recency_clause(features.age_windows, period, variant, subject)
+                age_said = True
         else:
             word = _choose(_DIRECTION_WORDS[direction], variant, 0)
-            first = f"{subject} is {word}, {ratio}{with_count}"
-        item_rising = direction == "rising"
-        if template == 3:
+            if template == 1 and (ratio is not None or count is not None):
+                who = subject if subject.startswith('"') else subject.lower()
+                if ratio is not None:
+                    rest = f"is {ratio}" + (f" with {count}" if count else "")
+                else:
+                    rest = f"drew {count}"
+                first = f"{word[:1].upper()}{word[1:]}: {who} {rest}"
+            else:
+                first = f"{subject} is {word}"
+                if ratio is not None:
+                    first += f", {ratio}" + (f" with {count}" if count else "")
+                elif count is not None:
+                    first += f", with {count}"
+            item_rising = direction == "rising"
+        if template == 3 and not age_said:
             extras.append(_recency_clause(features.age_windows, period, variant))
 
     category = _category_name(features)
     if category is not None and sig.category is not None and template != 2:
         extras.insert(0, _category_phrase(category, sig.category, item_rising, variant))
-    if predicted_log_count is not None and template in (1, 2):
-        extras.append(_forecast_phrase(predicted_log_count, period, variant))
     if features.share >= 1e-4 and template == 0 and sig.category is None:
         # Below 0.01% the rounded figure would be mostly rounding error.
         extras.append(
@@ -505,7 +639,10 @@ _CATEGORY_RE = re.compile(
 )
 _RECENCY_RES = (
     re.compile(rf"\bfirst (?:seen|appeared)\s+(?P<n>{_NUM}|an?|one)\s+{_UNIT}\s+ago\b", re.I),
-    re.compile(rf"\bfirst (?:seen|appeared)\s+(?:this|in the current)\s+{_UNIT}\b", re.I),
+    re.compile(
+        rf"\b(?:first (?:seen|appeared)|debuted)\s+(?:this|in the current)\s+{_UNIT}\b", re.I
+    ),
+    re.compile(rf"\bin (?:its|their) (?:first|debut|opening)\s+{_UNIT}\b", re.I),
     re.compile(rf"\bfirst (?:seen|appeared)\s+last\s+{_UNIT}\b", re.I),
     re.compile(r"\bfirst (?:seen|appeared)\s+(?P<day>today|yesterday)\b", re.I),
     re.compile(rf"\b(?:around|out|live|listed)\s+for\s+(?P<n>{_NUM}|an?|one)\s+{_UNIT}\b", re.I),
@@ -539,8 +676,10 @@ _FORECAST_AFTER = re.compile(
 )
 _DIRECTION_RE = re.compile(
     r"\b(?P<established>long-running|long-established|established|veteran|perennial)\b"
-    r"|\b(?P<new>brand-new|newcomers?|new|debut(?:s|ed|ing)?|just (?:appeared|launched|"
-    r"released)|fresh arrivals?)\b"
+    r"|\b(?P<brand_new>brand[- ]new|just (?:appeared|launched|released|arrived)|"
+    r"new\s+(?:this\s+(?:window|hour|day|week|month|year)|today))\b"
+    r"|\b(?P<new>newcomers?|new|debut(?:s|ed|ing)?|recently (?:introduced|added|launched|"
+    r"released|arrived)|fresh arrivals?)\b"
     r"|\b(?P<rising>rising|rises|rose|risen|growing|grows|grew|surging|surges|surged|"
     r"climbing|climbs|climbed|gaining (?:momentum|steam|ground|traction)|gaining|gains|gained|"
     r"heating up|trending up|on the rise|"
@@ -552,6 +691,7 @@ _DIRECTION_RE = re.compile(
     r"|\b(?P<steady>steady|steadily|stable|flat|unchanged|plateau(?:ed|ing|s)?)\b",
     re.IGNORECASE,
 )
+_SENTENCE_SPLIT = re.compile(r"[.!?](?:\s|$)")
 _NEGATION = re.compile(
     r"\b(?:not|no longer|isn't|aren't|wasn't|never|hardly|barely)\s+$", re.IGNORECASE
 )
@@ -578,8 +718,10 @@ def extract_claims(text: str) -> list[Claim]:
     (``about 45 events this week``; followed by ``next`` or preceded by ``expected`` they are
     forecasts) and shares (``0.41% of traffic``) come next; the remaining words give
     directions (rising/growing/surging/up, falling/declining/cooling/down,
-    steady/stable/flat, new/debut, and established/long-running). A direction word right
-    after a negation (``not rising``) makes no claim.
+    steady/stable/flat) and the age words (brand-new/new this week/just launched as
+    ``brand-new``, new/newcomer/recently introduced/debut as ``new``, and
+    established/long-running). A direction word right after a negation (``not rising``) makes
+    no claim. A count is a forecast only by the words of its own sentence.
 
     Examples
     --------
@@ -592,6 +734,8 @@ def extract_claims(text: str) -> list[Claim]:
     [('Sci-Fi', 'falling')]
     >>> [(c.attribute, c.value) for c in extract_claims("New, first seen 2 weeks ago.")]
     [('trend', 'new'), ('age', 2.0)]
+    >>> [(c.attribute, c.value) for c in extract_claims("New today: 9 events in its first day.")]
+    [('trend', 'brand-new'), ('count', 9.0), ('age', 0.0)]
     >>> extract_claims("Nothing to see here.")
     []
     """
@@ -632,7 +776,8 @@ def extract_claims(text: str) -> list[Claim]:
     for m in _COUNT_RE.finditer(work):
         n = 0.0 if m.group("none") else _number(m.group("n"))
         after = (m.group("after") or "").lower()
-        before = work[max(0, m.start() - 40) : m.start()]
+        # Only the count's own sentence: "...events next week. It drew 45 events" is no forecast.
+        before = _SENTENCE_SPLIT.split(work[max(0, m.start() - 40) : m.start()])[-1]
         if after:
             forecast = "next" in after or "tomorrow" in after
         else:
@@ -654,7 +799,7 @@ def extract_claims(text: str) -> list[Claim]:
     for m in _DIRECTION_RE.finditer(work):
         if _NEGATION.search(work[max(0, m.start() - 20) : m.start()]):
             continue
-        kind = m.lastgroup or ""
+        kind = (m.lastgroup or "").replace("_", "-")
         claims.append(Claim("direction", kind, "trend", m.span(), m.group(0)))
 
     claims.sort(key=lambda c: c.span[0])
@@ -675,12 +820,17 @@ def _word_direction(word: str) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The checker's judgement of one claim: true, a contradiction, or neither (unsupported)."""
+    """The checker's judgement of one claim: true, a contradiction, or neither (unsupported).
+
+    ``repeated`` marks a claim that states the same fact as an earlier one in the same text
+    (see :func:`claim_fact`); it is judged like its first statement but not counted again.
+    """
 
     claim: Claim
     true: bool
     contradiction: bool
     reason: str
+    repeated: bool = False
 
 
 @dataclass(frozen=True)
@@ -689,7 +839,9 @@ class Faithfulness:
 
     ``faithfulness`` is ``true_claims / claims``; an explanation without any checkable claim
     scores 0.0 and is flagged ``empty`` (saying nothing is not being faithful).
-    ``contradiction_rate`` is ``contradictions / claims`` (0.0 when empty).
+    ``contradiction_rate`` is ``contradictions / claims`` (0.0 when empty). Every count is of
+    distinct facts: ``repeated`` is how many further statements of an already stated fact the
+    text made (padding, reported apart; 0 for a text that says each thing once).
     """
 
     claims: int
@@ -698,6 +850,7 @@ class Faithfulness:
     faithfulness: float
     contradiction_rate: float
     empty: bool
+    repeated: int = 0
     verdicts: tuple[Verdict, ...] = field(default=(), repr=False)
 
 
@@ -707,6 +860,72 @@ def _within(claimed: float, actual: float, *, absolute: float) -> bool:
 
 def _norm(text: str) -> str:
     return " ".join(text.replace('"', "'").split()).casefold()
+
+
+#: The age words and the ages (in windows) a reader understands by them.
+_AGE_WORDS: dict[str, tuple[int, float]] = {
+    "brand-new": (0, 0),
+    "new": (0, RECENT_MAX_AGE),
+    "established": (ESTABLISHED_MIN_AGE, math.inf),
+}
+_EPSILON = 1e-9
+
+
+def age_range(claim: Claim, window_seconds: int) -> tuple[int, float] | None:
+    """The item ages, in windows, for which an age claim is true; ``None`` for other claims.
+
+    The age words map through :data:`RECENT_MAX_AGE` and :data:`ESTABLISHED_MIN_AGE`
+    ("brand-new" is age 0 only). An age in the window's own unit (or "windows") is read as
+    that age, exact up to 3 and within :data:`TOLERANCE` beyond; in another unit it is
+    converted to ``x`` windows, and an item first seen ``a`` windows ago was first seen
+    between ``a`` and ``a + 1`` windows before the window's end, give or take the tolerance.
+
+    Examples
+    --------
+    >>> week = 604800
+    >>> [age_range(c, week) for c in extract_claims(
+    ...     "Brand-new, new, first seen this week, first seen 8 weeks ago, 3 days old.")]
+    [(0, 0), (0, 3), (0, 0), (6, 10), (0, 0)]
+    """
+    if claim.kind == "direction":
+        return _AGE_WORDS.get(str(claim.value))
+    if claim.kind != "recency":
+        return None
+    value = float(claim.value)
+    unit = claim.unit or "window"
+    unit_seconds = window_seconds if unit == "window" else _UNIT_SECONDS[unit]
+    if unit_seconds == window_seconds:
+        low = math.ceil(value * (1 - TOLERANCE) - _EPSILON)
+        high = math.floor(value * (1 + TOLERANCE) + _EPSILON)
+        return max(0, low), high
+    windows = value * unit_seconds / window_seconds
+    low = math.ceil(windows / (1 + TOLERANCE) - 1 - _EPSILON)
+    high = math.floor(windows / (1 - TOLERANCE) + _EPSILON)
+    return max(0, low), high
+
+
+def claim_fact(claim: Claim, window_seconds: int) -> tuple[object, ...]:
+    """What a claim asserts, as a key: two claims with equal keys say the same thing.
+
+    The key is the claim's topic and its content: the title, the category and its direction,
+    the direction word, the magnitude and its value, or, for every claim about age (age
+    words and recency), the range of ages it allows (:func:`age_range`), so "brand-new" and
+    "first seen this week" state one fact while "new" and "first seen 2 weeks ago" state two.
+
+    >>> a, b, c = extract_claims("Brand-new, first seen this week, and new.")
+    >>> claim_fact(a, 604800) == claim_fact(b, 604800) != claim_fact(c, 604800)
+    True
+    """
+    ages = age_range(claim, window_seconds)
+    if ages is not None:
+        return ("age", *ages)
+    if claim.kind == "item":
+        return ("item", _norm(str(claim.value)))
+    if claim.kind == "category":
+        return ("category", _norm(claim.attribute.strip().strip("'\"")), claim.value)
+    if claim.kind == "magnitude":
+        return ("magnitude", claim.attribute, float(claim.value))
+    return (claim.kind, claim.attribute, claim.value)
 
 
 def _judge(
@@ -739,18 +958,29 @@ def _judge(
             "category momentum",
         )
 
-    if claim.kind == "recency":
-        unit = claim.unit or "window"
-        unit_seconds = features.window_seconds if unit == "window" else _UNIT_SECONDS[unit]
-        windows = float(claim.value) * unit_seconds / features.window_seconds
-        ok = _within(windows, features.age_windows, absolute=1.0)
-        return verdict(ok, not ok, f"age is {features.age_windows} windows")
+    age = features.age_windows
+    ages = age_range(claim, features.window_seconds)
+    if ages is not None:
+        ok = ages[0] <= age <= ages[1]
+        # "new" at age 5, "established" at age 5: a stretch, not a falsehood.
+        grey = claim.kind == "direction" and str(claim.value) in ("new", "established")
+        grey = grey and RECENT_MAX_AGE < age < ESTABLISHED_MIN_AGE
+        allowed = f"{ages[0]}" if ages[0] == ages[1] else f"{ages[0]}-{ages[1]:g}"
+        return verdict(ok, not ok and not grey, f"age is {age} windows (claim: {allowed})")
 
     if claim.kind == "magnitude":
         value = float(claim.value)
         if claim.attribute == "momentum":
             ok = _within(value, features.momentum, absolute=0.01)
-            return verdict(ok, not ok, f"momentum is {features.momentum:.3g}")
+            if not ok:
+                return verdict(False, True, f"momentum is {features.momentum:.3g}")
+            if not sig.ratio_meaningful:
+                # Momentum is right but means nothing to a reader: the usual level is (mostly)
+                # the zero the EW means started at. First seen this window: there is none.
+                return verdict(
+                    False, age == 0, f"no usual level to compare with (age {age} windows)"
+                )
+            return verdict(True, False, f"momentum is {features.momentum:.3g}")
         if claim.attribute == "count":
             ok = _within(value, features.count, absolute=0.5)
             return verdict(ok, not ok, f"count is {features.count:.4g}")
@@ -763,15 +993,15 @@ def _judge(
         ok = _within(value, expected, absolute=0.5)
         return verdict(ok, not ok, f"forecast is {expected:.4g}")
 
-    # Direction words.
-    word = str(claim.value)
-    if word == "new":
-        return verdict(sig.new, not sig.new, f"first seen {features.age_windows} windows ago")
-    if word == "established":
-        return verdict(not sig.new, sig.new, f"first seen {features.age_windows} windows ago")
     signal = None if sig.direction == "mixed" else sig.direction
     return _judge_direction(
-        claim, word, signal, sig.strong, sig.predicted, sig.predicted_strong, "momentum and slope"
+        claim,
+        str(claim.value),
+        signal,
+        sig.strong,
+        sig.predicted,
+        sig.predicted_strong,
+        "momentum and slope",
     )
 
 
@@ -820,8 +1050,9 @@ def check_explanation(
     Returns
     -------
     Faithfulness
-        Counts, ``faithfulness = true / claims`` (0.0 and ``empty=True`` without claims) and
-        ``contradiction_rate = contradictions / claims``.
+        Counts of distinct facts, ``faithfulness = true / claims`` (0.0 and ``empty=True``
+        without claims) and ``contradiction_rate = contradictions / claims``; a fact stated
+        again is counted once and its repeats in ``repeated``.
 
     Examples
     --------
@@ -831,12 +1062,25 @@ def check_explanation(
     2
     >>> check_explanation("Hard to say.", f, None).empty
     True
+    >>> padded = check_explanation("It is new this week, first seen this week.", f, None)
+    >>> padded.claims, padded.repeated
+    (1, 1)
     """
     sig = read_signals(features, predicted_log_count)
-    verdicts = tuple(_judge(c, features, sig, predicted_log_count) for c in extract_claims(text))
-    n = len(verdicts)
-    true = sum(v.true for v in verdicts)
-    contradictions = sum(v.contradiction for v in verdicts)
+    seen: set[tuple[object, ...]] = set()
+    judged: list[Verdict] = []
+    for claim in extract_claims(text):
+        verdict = _judge(claim, features, sig, predicted_log_count)
+        fact = claim_fact(claim, features.window_seconds)
+        if fact in seen:
+            verdict = replace(verdict, repeated=True)
+        seen.add(fact)
+        judged.append(verdict)
+    verdicts = tuple(judged)
+    counted = [v for v in verdicts if not v.repeated]
+    n = len(counted)
+    true = sum(v.true for v in counted)
+    contradictions = sum(v.contradiction for v in counted)
     return Faithfulness(
         claims=n,
         true_claims=true,
@@ -844,6 +1088,7 @@ def check_explanation(
         faithfulness=true / n if n else 0.0,
         contradiction_rate=contradictions / n if n else 0.0,
         empty=n == 0,
+        repeated=len(verdicts) - n,
         verdicts=verdicts,
     )
 
@@ -864,6 +1109,7 @@ _FLIP_WORDS: dict[str, tuple[str, ...]] = {
     "rising": ("rising", "growing", "surging", "gaining momentum", "trending up", "climbing"),
     "falling": ("falling", "declining", "cooling off", "losing momentum", "trending down"),
     "new": ("long-running", "long-established"),
+    "brand-new": ("long-running", "long-established"),
     "established": ("brand-new", "a newcomer"),
 }
 
@@ -929,7 +1175,7 @@ def _flip_direction(
     directions = [c for c in claims if c.kind == "direction"]
     if not directions:
         # Assert the direction the signals (or newness) rule out.
-        if sig.new:
+        if sig.young:
             return f"{text} It is long-running.".strip()
         if sig.direction == "rising":
             word = rng.choice(_DIRECTION_WORDS["falling"])
@@ -947,7 +1193,7 @@ def _flip_direction(
             options = _FLIP_WORDS[target]
         else:
             options = _FLIP_WORDS.get(_OPPOSITE.get(value, value), ())
-            if value in ("new", "established"):
+            if value in _AGE_WORDS:
                 options = _FLIP_WORDS[value]
         new_word = _match_case(claim.text, rng.choice(options))
         text = _replace(text, claim.span, new_word)
@@ -979,7 +1225,13 @@ def _change_number(
         unit = claim.unit or period_name(features.window_seconds)
         # Always older: at least 3 more units and at least double, beyond any tolerance.
         new_age = round(value) + max(3, round(value * rng.uniform(1.0, 3.0)))
-        return _replace(text, claim.span, f"first seen {_plural(new_age, unit)} ago")
+        older = _plural(new_age, unit)
+        lasting = re.match(r"(around|out|live|listed) for\b", claim.text, re.IGNORECASE)
+        if lasting is not None:  # keep the sentence's grammar: "has been around for N weeks"
+            return _replace(text, claim.span, f"{lasting.group(1)} for {older}")
+        if claim.text.lower().startswith("in "):  # "drew 9 events in its first week"
+            return _replace(text, claim.span, f"since it was first seen {older} ago")
+        return _replace(text, claim.span, f"first seen {older} ago")
     if claim.attribute in ("count", "forecast") and value == 0:
         when = next_period(period) if claim.attribute == "forecast" else this_period(period)
         new_count = format_count(rng.uniform(8, 60))
