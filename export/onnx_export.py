@@ -50,7 +50,7 @@ from export.runtime import (
     TOKENIZER_DIR,
     OrtTrailModel,
     export_files,
-    sha256_file,
+    file_entries,
 )
 from model.explain import forecast_sentence
 from model.priors import prior_log_count
@@ -265,11 +265,7 @@ def _ort_builds() -> list[str]:
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    files = {
-        name: {"sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size}
-        for name in export_files(out_dir)
-    }
-    manifest = {**manifest, "files": files}
+    manifest = {**manifest, "files": file_entries(out_dir, export_files(out_dir))}
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

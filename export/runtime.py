@@ -69,7 +69,7 @@ _NUMPY_TYPES = {
 
 
 class ModelLoadError(ValueError):
-    """An export folder that cannot be served: missing, corrupt, mismatched or failed.
+    """An export or adapter folder that cannot be served: missing, corrupt, mismatched or failed.
 
     A ``ValueError`` so that the ``trail`` command line reports it as a clear error.
     """
@@ -82,6 +82,46 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_entries(folder: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{name: {"sha256", "bytes"}}`` of each of ``names`` in ``folder``: a manifest's files."""
+    return {
+        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+        for name in names
+    }
+
+
+def check_files(
+    folder: Path, files: Any, required: Sequence[str], *, verify: bool = True, fix: str = ""
+) -> None:
+    """Check a manifest's ``files`` against ``folder``; raises :class:`ModelLoadError`.
+
+    Every listed file must be there, inside ``folder``, with its size and (with ``verify``) its
+    sha256; ``required`` names must be listed. ``fix`` ends every message: what to do.
+    """
+    tail = f": {fix}" if fix else ""
+    if not isinstance(files, dict):
+        raise ModelLoadError(f"{folder}: the manifest lists no files{tail}")
+    missing = [name for name in required if name not in files]
+    if missing:
+        raise ModelLoadError(f"{folder}: the manifest does not list {', '.join(missing)}{tail}")
+    root = folder.resolve()
+    for name, entry in sorted(files.items()):
+        file = folder / str(name)
+        if not file.resolve().is_relative_to(root) or not isinstance(entry, dict):
+            raise ModelLoadError(f"{folder}: the manifest's entry for {name!r} is invalid{tail}")
+        if not file.is_file():
+            raise ModelLoadError(f"{folder}: {name} is missing{tail}")
+        if file.stat().st_size != entry.get("bytes"):
+            raise ModelLoadError(
+                f"{folder}: {name} has {file.stat().st_size} bytes, the manifest says "
+                f"{entry.get('bytes')} (truncated or replaced){tail}"
+            )
+        if verify and sha256_file(file) != entry.get("sha256"):
+            raise ModelLoadError(
+                f"{folder}: {name} does not match its sha256 in the manifest{tail}"
+            )
 
 
 def export_files(model_dir: Path) -> list[str]:
@@ -126,23 +166,13 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
             f"{model_dir}: this export failed its validation against PyTorch ({validation}); "
             "it is not served"
         )
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ModelLoadError(f"{model_dir}: the manifest lists no files")
-    missing = [name for name in REQUIRED_FILES if name not in files]
-    if missing:
-        raise ModelLoadError(f"{model_dir}: the manifest does not list {', '.join(missing)}")
-    for name, entry in sorted(files.items()):
-        file = model_dir / name
-        if not file.is_file():
-            raise ModelLoadError(f"{model_dir}: {name} is missing")
-        if file.stat().st_size != entry.get("bytes"):
-            raise ModelLoadError(
-                f"{model_dir}: {name} has {file.stat().st_size} bytes, the manifest says "
-                f"{entry.get('bytes')} (truncated or replaced)"
-            )
-        if verify and sha256_file(file) != entry.get("sha256"):
-            raise ModelLoadError(f"{model_dir}: {name} does not match its sha256 in the manifest")
+    check_files(
+        model_dir,
+        manifest.get("files"),
+        REQUIRED_FILES,
+        verify=verify,
+        fix="re-export it with `trail export ADAPTER --out DIR`",
+    )
     return manifest
 
 
