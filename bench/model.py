@@ -82,9 +82,9 @@ def resolve_adapter(given: Path | None, work: Path) -> tuple[Path, str]:
 
 def untrained_note(adapter: Path) -> str:
     """``", UNTRAINED ..."`` when the score head is all zeros (a fresh, never trained adapter)."""
-    import torch
+    from model.trail import read_score_head
 
-    head = torch.load(adapter / "score_head.pt", map_location="cpu", weights_only=True)
+    head = read_score_head(adapter)
     if all(not bool(t.count_nonzero()) for k, t in head.items() if k.startswith("proj.")):
         return ", UNTRAINED (zero score head)"
     return ""

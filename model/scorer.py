@@ -37,7 +37,7 @@ _LEADING_NUMBER = re.compile(r"\s*(\d[\d,]*(?:\.\d+)?)")
 def adapter_version(adapter_dir: Path) -> str:
     """``trail@<first 10 hex of the adapter weights' sha256>``: changes with every retrain."""
     digest = hashlib.sha256()
-    for name in ("adapter_model.safetensors", "score_head.pt", "trail_config.json"):
+    for name in ("adapter_model.safetensors", "score_head.safetensors", "trail_config.json"):
         path = adapter_dir / name
         if path.is_file():
             digest.update(path.read_bytes())

@@ -11,6 +11,12 @@ Loss per step, over items drawn from a few windows at a time:
 + lm_weight   * NLL of the verbalized explanation (after the forced forecast)
 + rank_weight * pairwise logistic loss: within a window, the item that grew more scores higher
 + expl_weight * hinge: the faithful explanation is more likely than a perturbed one by a margin
+
+Checkpoints (``checkpoint.safetensors`` in the output folder, for ``--out DIR`` to resume) hold
+tensors only: the trainable weights, the optimizer's moments and the torch RNG; the step, the
+loss history, the optimizer's settings and the sampler's RNG are JSON in the file's metadata.
+One file, renamed into place, so a crash never pairs tensors and counters of different steps.
+Nothing is unpickled: a file planted in the folder cannot run code.
 """
 
 from __future__ import annotations
@@ -27,15 +33,29 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from model.explain import forecast_sentence, perturb, verbalize
 from model.priors import prior_log_count
-from model.trail import TrailConfig, TrailModel
+from model.trail import TrailConfig, TrailModel, one_line
 from schemas import ItemFeatures, WindowSnapshotRow
 
-CHECKPOINT = "checkpoint.pt"
-MANIFEST = "manifest.json"
+CHECKPOINT = "checkpoint.safetensors"
+#: Checkpoints of older TRAIL versions: pickles, never loaded.
+LEGACY_CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "trail-checkpoint@1"
+#: The metadata key of a checkpoint's JSON state.
+_STATE_KEY = "trail_state"
+_CHECKPOINT_FIX = "pass --no-resume to start over, or choose another --out"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names the file and the fix.
+
+    A ``ValueError`` so that the ``trail`` command line prints it as one line.
+    """
 
 
 @dataclass(frozen=True)
@@ -282,16 +302,14 @@ def train(
     history: list[dict[str, float]] = []
     validations: list[dict[str, float]] = []
     rng = random.Random(config.seed)  # noqa: S311 - reproducible sampling, not security
+    if resume and not checkpoint_path.exists() and (out_dir / LEGACY_CHECKPOINT).exists():
+        # Starting over silently would throw away a run the user asked to resume.
+        raise CheckpointError(
+            f"{out_dir / LEGACY_CHECKPOINT} is a pickle checkpoint of an older TRAIL and is "
+            f"never loaded (a pickle can run code): {_CHECKPOINT_FIX}"
+        )
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        _load_trainable(model, state["trainable"])
-        model.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
-        history = state["history"]
-        validations = state["validations"]
-        rng.setstate(_as_rng_state(state["rng"]))
-        torch.set_rng_state(state["torch_rng"].cpu())
+        start_step, history, validations = load_checkpoint(checkpoint_path, model, optimizer, rng)
         print(f"resuming from step {start_step} ({checkpoint_path})")
 
     started = time.perf_counter()
@@ -333,9 +351,7 @@ def train(
             _save_checkpoint(checkpoint_path, model, optimizer, done, history, validations, rng)
     bar.close()
 
-    model.to("cpu").save(out_dir)
-    manifest = {
-        "format": "trail-manifest@1",
+    info = {
         "model": model_config.to_json(),
         "training": asdict(config),
         "data": split.description,
@@ -352,8 +368,8 @@ def train(
         "device": device,
         "versions": _versions(),
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    return manifest
+    # The manifest (this record plus the sha256 of every adapter file) is written last.
+    return model.to("cpu").save(out_dir, info)
 
 
 def _mean_tail(history: list[dict[str, float]], key: str, n: int = 20) -> float:
@@ -365,19 +381,6 @@ def _trainable_state(model: TrailModel) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.lm.named_parameters() if p.requires_grad}
 
 
-def _load_trainable(model: TrailModel, state: dict[str, torch.Tensor]) -> None:
-    parameters = dict(model.lm.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            parameters[name].copy_(value)
-
-
-def _as_rng_state(state: Any) -> tuple[Any, ...]:
-    # JSON-free round trip of random.Random's state (torch.save keeps tuples as lists).
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
-
-
 def _save_checkpoint(
     path: Path,
     model: TrailModel,
@@ -387,21 +390,103 @@ def _save_checkpoint(
     validations: list[dict[str, float]],
     rng: random.Random,
 ) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "trainable": _trainable_state(model),
-            "head": model.head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "history": history,
-            "validations": validations,
-            "rng": rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
-        },
-        temporary,
-    )
+    """Write a checkpoint: tensors in safetensors, counters and settings as JSON metadata."""
+    tensors = {f"trainable/{n}": t.cpu().contiguous() for n, t in _trainable_state(model).items()}
+    tensors |= {f"head/{n}": t.detach().cpu().clone() for n, t in model.head.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    plain_state: dict[str, dict[str, Any]] = {}
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state.setdefault(str(index), {})[key] = value
+    tensors["torch_rng"] = torch.get_rng_state()
+    version, internal, gauss = rng.getstate()
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "history": history,
+        "validations": validations,
+        "rng": [version, list(internal), gauss],
+        "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain_state},
+    }
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, temporary, metadata={_STATE_KEY: json.dumps(state)})
     temporary.replace(path)
+
+
+def load_checkpoint(
+    path: Path, model: TrailModel, optimizer: torch.optim.Optimizer, rng: random.Random
+) -> tuple[int, list[dict[str, float]], list[dict[str, float]]]:
+    """Restore a checkpoint into ``model``, ``optimizer``, ``rng`` and torch's RNG.
+
+    Returns the step it was written at, the loss history and the validations so far. A file
+    that does not fit (unreadable, not a TRAIL checkpoint, another model's weights) raises
+    :class:`CheckpointError`, and the training run stops there.
+    """
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({one_line(exc)}): {_CHECKPOINT_FIX}"
+        ) from exc
+    groups: dict[str, dict[str, torch.Tensor]] = {"trainable": {}, "head": {}, "optimizer": {}}
+    for name, tensor in tensors.items():
+        group, _, rest = name.partition("/")
+        if group in groups:
+            groups[group][rest] = tensor
+    try:
+        state = json.loads(metadata[_STATE_KEY])
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"its format is not {CHECKPOINT_FORMAT!r}")
+        step = int(state["step"])
+        history = list(state["history"])
+        validations = list(state["validations"])
+        version, internal, gauss = state["rng"]
+        # Per parameter index: the plain values from JSON, the tensors from the file.
+        per_parameter: dict[int, dict[str, Any]] = {
+            int(index): dict(values) for index, values in state["optimizer"]["state"].items()
+        }
+        for name, tensor in groups["optimizer"].items():
+            index, _, key = name.partition("/")
+            per_parameter.setdefault(int(index), {})[key] = tensor
+        optimizer_state = {
+            "param_groups": state["optimizer"]["param_groups"],
+            "state": per_parameter,
+        }
+        torch_rng = tensors["torch_rng"]
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path} holds no TRAIL training state ({type(exc).__name__}: {one_line(exc)}): "
+            f"{_CHECKPOINT_FIX}"
+        ) from exc
+    parameters = {n: p for n, p in model.lm.named_parameters() if p.requires_grad}
+    expected = {n: tuple(p.shape) for n, p in parameters.items()}
+    found = {n: tuple(t.shape) for n, t in groups["trainable"].items()}
+    if found != expected:
+        differ = sorted(set(found) ^ set(expected)) or sorted(
+            n for n in expected if found[n] != expected[n]
+        )
+        raise CheckpointError(
+            f"{path} was written for another model ({len(found)} trainable tensors, "
+            f"{len(expected)} here; first difference: {differ[0]}): {_CHECKPOINT_FIX}"
+        )
+    try:
+        with torch.no_grad():
+            for name, value in groups["trainable"].items():
+                parameters[name].copy_(value)
+        model.head.load_state_dict(groups["head"])
+        optimizer.load_state_dict(optimizer_state)
+        rng.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(torch_rng)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path} does not fit this training run ({one_line(exc)[:300]}): {_CHECKPOINT_FIX}"
+        ) from exc
+    return step, history, validations
 
 
 def _versions() -> dict[str, str]:
