@@ -414,6 +414,23 @@ def test_age_words_mean_what_a_reader_hears(
     assert _age_verdict(text, features) == (true, contradiction)
 
 
+def test_new_means_the_ages_the_prompt_calls_new() -> None:
+    """The checker's "new" covers exactly the ages whose prompt says ``trend new`` (the trend
+    core's categories), so the model is never told "new" for an age where the word is false."""
+    import numpy as np
+
+    from model.explain import RECENT_MAX_AGE
+    from streams.trend.features import TREND_CATEGORIES, TrendThresholds
+
+    ages = np.arange(30)
+    codes = TrendThresholds().categorise(np.ones(30), ages)
+    prompt_new = {int(a) for a, c in zip(ages, codes, strict=True) if TREND_CATEGORIES[c] == "new"}
+    assert prompt_new == set(range(RECENT_MAX_AGE + 1))
+    for age in range(30):
+        true, _ = _age_verdict("It is new.", _from_history([5.0] * (age + 1)))
+        assert true == (age in prompt_new), age
+
+
 def test_the_checker_counts_a_repeated_fact_once() -> None:
     """Rule: a fact stated twice is one claim, and the repeat is flagged.
 
