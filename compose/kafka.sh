@@ -3,6 +3,8 @@
 #
 #   bash compose/kafka.sh fetch    copy the broker jars from Maven Central (cached)
 #   bash compose/kafka.sh start    format fresh storage, start the broker, wait for metadata
+#   bash compose/kafka.sh start --secure
+#                                  the same, plus a SASL_SSL listener (see "Secured listener")
 #   bash compose/kafka.sh status   exit 0 if running and answering metadata requests
 #   bash compose/kafka.sh stop     TERM (then KILL) the broker by PID
 #
@@ -21,6 +23,21 @@
 #   TRAIL_PYTHON                   Python with aiokafka for the readiness probe
 #                                  (default .venv/bin/python, then python3)
 #   JAVA_HOME / MVN                java and mvn to use (default: from PATH)
+#   TRAIL_KAFKA_SECURE             1: as `start --secure`
+#   TRAIL_KAFKA_SECURE_PORT        SASL_SSL listener port (default TRAIL_KAFKA_PORT + 2)
+#   TRAIL_KAFKA_SASL_USERNAME      its user (default trail)
+#   TRAIL_KAFKA_SASL_PASSWORD      its password (default: random, written to the password file)
+#
+# Secured listener (`start --secure`): beside the plain listener (which the broker itself and the
+# readiness probe keep using), a SASL_SSL listener on TRAIL_KAFKA_SECURE_PORT that accepts
+# SCRAM-SHA-512 and PLAIN for one user. Each start makes a throwaway CA and a broker certificate
+# for 127.0.0.1/localhost with openssl (in $DATA/tls, valid 30 days); `start` then also prints
+#   KAFKA_SECURE_BOOTSTRAP=127.0.0.1:PORT   KAFKA_SSL_CAFILE=.../tls/ca.pem
+#   KAFKA_SASL_MECHANISMS=SCRAM-SHA-512,PLAIN   KAFKA_SASL_USERNAME=trail
+#   KAFKA_SASL_PASSWORD_FILE=.../tls/sasl-password
+# and it returns only once a client with those credentials is served on that listener. A client
+# uses them as TRAIL_SECURITY_PROTOCOL=SASL_SSL, TRAIL_SASL_MECHANISM, TRAIL_SASL_USERNAME,
+# TRAIL_SASL_PASSWORD and TRAIL_SSL_CAFILE.
 #
 # Topics are auto-created (auto.create.topics.enable=true, num.partitions=4); the app's topics
 # are events, events.dlq, scores and trending (see compose/docker-compose.yml).
@@ -43,6 +60,14 @@ START_TIMEOUT="${TRAIL_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${TRAIL_KAFKA_STOP_TIMEOUT:-30}"
 HEAP_OPTS="${TRAIL_KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
 EXTRA_JAVA_OPTS="${TRAIL_KAFKA_JAVA_OPTS:-}"
+case "${TRAIL_KAFKA_SECURE:-0}" in
+    1 | true | yes) SECURE=1 ;;
+    0 | false | no | "") SECURE=0 ;;
+    *) SECURE=invalid ;;
+esac
+SECURE_PORT="${TRAIL_KAFKA_SECURE_PORT:-$((PORT + 2))}"
+SASL_USERNAME="${TRAIL_KAFKA_SASL_USERNAME:-trail}"
+SASL_MECHANISMS=(SCRAM-SHA-512 PLAIN)
 
 PID_FILE="$DATA/kafka.pid"
 LOG_FILE="$DATA/kafka.log"
@@ -50,6 +75,12 @@ PROPS="$DATA/server.properties"
 LOG4J="$DATA/log4j2.properties"
 LOG_DIRS="$DATA/kraft-logs"
 BOOTSTRAP="$HOST:$PORT"
+TLS_DIR="$DATA/tls"
+CA_FILE="$TLS_DIR/ca.pem"
+PASSWORD_FILE="$TLS_DIR/sasl-password"
+# What `start --secure` printed, printed again by a later `start` of the running broker.
+SECURE_INFO="$DATA/secure.env"
+SECURE_BOOTSTRAP="$HOST:$SECURE_PORT"
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() {
@@ -247,18 +278,117 @@ probe() {
     fi
 }
 
+probe_secure() {
+    # One authenticated Metadata request per SASL mechanism on the SASL_SSL listener: returns
+    # 0 once each is served, 1 (with the probe's reason on stderr) at the deadline.
+    local seconds="$1" mechanism
+    if [[ -z "$PYTHON" ]]; then
+        port_in_use "$SECURE_PORT"
+        return
+    fi
+    for mechanism in "${SASL_MECHANISMS[@]}"; do
+        "$PYTHON" "$PROBE" "$SECURE_BOOTSTRAP" --timeout "$seconds" \
+            --security-protocol SASL_SSL --sasl-mechanism "$mechanism" \
+            --sasl-username "$SASL_USERNAME" --sasl-password-file "$PASSWORD_FILE" \
+            --ssl-cafile "$CA_FILE" || return 1
+    done
+}
+
+# --------------------------------------------------------------------------- secured listener
+check_secret() {
+    # Values go into server.properties, a JAAS line and a --add-scram argument unquoted.
+    [[ "$2" =~ ^[A-Za-z0-9._~-]{1,128}$ ]] ||
+        die "$1 may only hold letters, digits and ._~- (1 to 128 characters)"
+}
+
+random_secret() {
+    head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24
+}
+
+make_tls() {
+    # A throwaway CA and a broker certificate signed by it (EC P-256, SAN 127.0.0.1 and
+    # localhost, which clients verify), packed with its chain into a PKCS12 keystore.
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by start --secure)"
+    rm -rf "$TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    chmod 700 "$TLS_DIR"
+    STORE_PASSWORD="$(random_secret)"
+    local ext="$TLS_DIR/broker.ext" err="$TLS_DIR/openssl.log"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" "subjectKeyIdentifier=hash" \
+        "authorityKeyIdentifier=keyid,issuer" >"$ext"
+    if ! {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+            -subj "/CN=TRAIL test CA $(random_secret | head -c 8)" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$TLS_DIR/ca.key" -out "$CA_FILE" &&
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -subj "/CN=localhost" -keyout "$TLS_DIR/broker.key" -out "$TLS_DIR/broker.csr" &&
+            openssl x509 -req -in "$TLS_DIR/broker.csr" -CA "$CA_FILE" -CAkey "$TLS_DIR/ca.key" \
+                -CAcreateserial -days 30 -extfile "$ext" -out "$TLS_DIR/broker.pem" &&
+            openssl pkcs12 -export -name broker -in "$TLS_DIR/broker.pem" \
+                -inkey "$TLS_DIR/broker.key" -certfile "$CA_FILE" \
+                -passout "pass:$STORE_PASSWORD" -out "$TLS_DIR/broker.p12"
+    } >"$err" 2>&1; then
+        cat "$err" >&2
+        die "openssl could not make the test certificates (log: $err)"
+    fi
+    # The CA's key is not needed again: nothing else can be signed with it.
+    rm -f "$TLS_DIR/ca.key" "$TLS_DIR/ca.srl" "$TLS_DIR/broker.csr" "$ext"
+    if [[ -n "${TRAIL_KAFKA_SASL_PASSWORD:-}" ]]; then
+        printf '%s' "$TRAIL_KAFKA_SASL_PASSWORD" >"$PASSWORD_FILE"
+    else
+        random_secret >"$PASSWORD_FILE"
+    fi
+    chmod 600 "$PASSWORD_FILE"
+    SASL_PASSWORD="$(cat "$PASSWORD_FILE")"
+    check_secret TRAIL_KAFKA_SASL_PASSWORD "$SASL_PASSWORD"
+}
+
+mechanism_list() {
+    local IFS=,
+    printf '%s\n' "${SASL_MECHANISMS[*]}"
+}
+
+write_secure_info() {
+    cat >"$SECURE_INFO" <<EOF
+KAFKA_SECURE_BOOTSTRAP=$SECURE_BOOTSTRAP
+KAFKA_SSL_CAFILE=$CA_FILE
+KAFKA_SASL_MECHANISMS=$(mechanism_list)
+KAFKA_SASL_USERNAME=$SASL_USERNAME
+KAFKA_SASL_PASSWORD_FILE=$PASSWORD_FILE
+EOF
+}
+
+print_ready() {
+    echo "KAFKA_BOOTSTRAP=$BOOTSTRAP"
+    if [[ "$SECURE" == 1 ]]; then
+        cat "$SECURE_INFO"
+    fi
+}
+
 # --------------------------------------------------------------------------- config
 write_config() {
+    local listeners="PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT"
+    local advertised="PLAINTEXT://$HOST:$PORT"
+    local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if [[ "$SECURE" == 1 ]]; then
+        listeners+=",SASL_SSL://$SECURE_BOOTSTRAP"
+        advertised+=",SASL_SSL://$SECURE_BOOTSTRAP"
+        protocols+=",SASL_SSL:SASL_SSL"
+    fi
     cat >"$PROPS" <<EOF
 # Written by compose/kafka.sh: single-node KRaft, combined broker + controller.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$LOG_DIRS
 
 num.partitions=4
@@ -281,6 +411,22 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 background.threads=4
 EOF
+    if [[ "$SECURE" == 1 ]]; then
+        # The keystore password is in this file: readable by its owner only.
+        chmod 600 "$PROPS"
+        cat >>"$PROPS" <<EOF
+
+# SASL_SSL listener (start --secure); SCRAM users are added when the storage is formatted.
+sasl.enabled.mechanisms=$(mechanism_list)
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USERNAME="$SASL_PASSWORD";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/broker.p12
+ssl.keystore.password=$STORE_PASSWORD
+ssl.key.password=$STORE_PASSWORD
+ssl.client.auth=none
+EOF
+    fi
     cat >"$LOG4J" <<'EOF'
 # Written by compose/kafka.sh: everything to stdout (redirected to kafka.log).
 status = warn
@@ -329,6 +475,7 @@ wait_ready() {
 }
 
 cmd_start() {
+    [[ "$SECURE" != invalid ]] || die "TRAIL_KAFKA_SECURE must be 1 or 0, not $TRAIL_KAFKA_SECURE"
     find_java
     PYTHON="$(find_python)"
     if [[ -z "$PYTHON" ]]; then
@@ -338,14 +485,18 @@ cmd_start() {
 
     local pid
     if pid="$(running_pid)"; then
+        if [[ "$SECURE" == 1 && ! -f "$SECURE_INFO" ]]; then
+            die "the broker for $DATA (pid $pid) runs without the SASL_SSL listener; stop it
+       first (bash $0 stop), then start --secure"
+        fi
         if probe 5; then
             log "already running (pid $pid) and answering on $BOOTSTRAP"
-            echo "KAFKA_BOOTSTRAP=$BOOTSTRAP"
+            print_ready
             return 0
         fi
         log "already running (pid $pid) but not answering yet; waiting up to ${START_TIMEOUT}s"
         if wait_ready "$pid"; then
-            echo "KAFKA_BOOTSTRAP=$BOOTSTRAP"
+            print_ready
             return 0
         fi
         log_tail
@@ -354,11 +505,15 @@ cmd_start() {
 
     cmd_fetch
 
-    local p
-    for p in "$PORT" "$CONTROLLER_PORT"; do
+    local p ports=("$PORT" "$CONTROLLER_PORT")
+    if [[ "$SECURE" == 1 ]]; then
+        ports+=("$SECURE_PORT")
+        check_secret TRAIL_KAFKA_SASL_USERNAME "$SASL_USERNAME"
+    fi
+    for p in "${ports[@]}"; do
         if port_in_use "$p"; then
             die "port $HOST:$p is already in use by another process; choose other ports with
-       TRAIL_KAFKA_PORT / TRAIL_KAFKA_CONTROLLER_PORT"
+       TRAIL_KAFKA_PORT / TRAIL_KAFKA_CONTROLLER_PORT / TRAIL_KAFKA_SECURE_PORT"
         fi
     done
 
@@ -366,7 +521,13 @@ cmd_start() {
     mkdir -p "$DATA"
     # Fresh storage every run: a new cluster id, formatted once.
     rm -rf "$LOG_DIRS"
-    rm -f "$LOG_FILE"
+    rm -f "$LOG_FILE" "$SECURE_INFO"
+    local format_args=()
+    if [[ "$SECURE" == 1 ]]; then
+        make_tls
+        # SCRAM credentials live in the cluster metadata: written with the fresh storage.
+        format_args=(--add-scram "SCRAM-SHA-512=[name=$SASL_USERNAME,password=$SASL_PASSWORD]")
+    fi
     write_config
     local cluster_id
     cluster_id="$(random_cluster_id)"
@@ -374,13 +535,15 @@ cmd_start() {
     if ! "$JAVA" -Xshare:auto -XX:TieredStopAtLevel=1 -Xmx256m \
         -Dlog4j2.configurationFile="$LOG4J" -cp "$LIBS/*" \
         kafka.tools.StorageTool format --standalone \
-        -t "$cluster_id" -c "$PROPS" >"$DATA/format.log" 2>&1; then
+        -t "$cluster_id" -c "$PROPS" ${format_args[@]+"${format_args[@]}"} >"$DATA/format.log" 2>&1; then
         cat "$DATA/format.log" >&2
         die "kafka.tools.StorageTool format failed"
     fi
 
+    local secured=""
+    [[ "$SECURE" == 1 ]] && secured=", SASL_SSL on $SECURE_BOOTSTRAP"
     log "starting Kafka $(kafka_version) on $BOOTSTRAP (controller $HOST:$CONTROLLER_PORT," \
-        "data $DATA)"
+        "data $DATA$secured)"
     # setsid: own session, so a Ctrl-C in the calling terminal does not reach the broker.
     # The inner shell writes its own PID, then execs java: the PID file is the JVM's.
     # shellcheck disable=SC2016,SC2086
@@ -414,8 +577,18 @@ cmd_start() {
         rm -f "$PID_FILE"
         die "Kafka answers metadata but has no group/transaction coordinator (log: $LOG_FILE)"
     fi
+    if [[ "$SECURE" == 1 ]]; then
+        if ! probe_secure 30; then
+            log_tail
+            stop_pid "$pid" 10 || true
+            rm -f "$PID_FILE"
+            die "the SASL_SSL listener on $SECURE_BOOTSTRAP does not serve the test user" \
+                "(log: $LOG_FILE)"
+        fi
+        write_secure_info
+    fi
     log "ready in $((SECONDS - t0))s (pid $pid, log $LOG_FILE)"
-    echo "KAFKA_BOOTSTRAP=$BOOTSTRAP"
+    print_ready
 }
 
 # --------------------------------------------------------------------------- stop / status
@@ -443,7 +616,7 @@ cmd_stop() {
     fi
     log "stopping broker pid $pid"
     stop_pid "$pid" "$STOP_TIMEOUT"
-    rm -f "$PID_FILE"
+    rm -f "$PID_FILE" "$SECURE_INFO"
     log "stopped"
 }
 
@@ -463,14 +636,24 @@ cmd_status() {
 }
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {
     local cmd="${1:-}"
     case "$cmd" in
         fetch) cmd_fetch ;;
-        start) cmd_start ;;
+        start)
+            case "${2:-}" in
+                "") ;;
+                --secure) SECURE=1 ;;
+                *)
+                    usage >&2
+                    exit 2
+                    ;;
+            esac
+            cmd_start
+            ;;
         stop) cmd_stop ;;
         status) cmd_status ;;
         -h | --help | help) usage ;;

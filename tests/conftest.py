@@ -5,6 +5,11 @@ tests/kafka and tests/widget so that one session starts one broker.
 fresh data dir under pytest's tmp dir, yields ``"127.0.0.1:PORT"`` and stops it at session end.
 With ``TRAIL_KAFKA_BOOTSTRAP`` set, that broker is used as is and nothing is started or stopped.
 
+``kafka_secured`` (session): a second private broker, started with ``compose/kafka.sh start
+--secure`` (its own ports, data dir and a 512 MB heap), whose SASL_SSL listener takes SCRAM-SHA-512
+and PLAIN over TLS with a certificate made at start; a :class:`SecuredKafka` says where it is and
+gives the ``TRAIL_*`` variables of a client (``env()``), or of a misconfigured one.
+
 ``kafka_topic_factory``: ``create(partitions=4, prefix="t") -> name`` creates a uniquely named
 topic, waits until every partition has a leader, and deletes the topics after the test. Its
 admin calls run in a fresh thread (:func:`run_in_thread`), so it also works beside a
@@ -25,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +92,16 @@ def kafka_script_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     return _script_env(port, controller_port, data_dir)
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(kafka_script_env: dict[str, str]) -> Iterator[str]:
-    """Bootstrap address of a running broker: ``TRAIL_KAFKA_BOOTSTRAP`` or one started here."""
-    external = os.environ.get("TRAIL_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
-        return
-
-    missing = [tool for tool in ("bash", "java") if shutil.which(tool) is None]
+def _start_broker(env: dict[str, str], tools: tuple[str, ...] = ("bash", "java")) -> dict[str, str]:
+    """``compose/kafka.sh start`` with ``env``: the ``KEY=VALUE`` lines it printed (the broker
+    is stopped again and the test fails if it does not start)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         pytest.fail(
             f"kafka tests need {', '.join(missing)} on PATH to run compose/kafka.sh "
             "(or set TRAIL_KAFKA_BOOTSTRAP, or deselect with -m 'not kafka')",
             pytrace=False,
         )
-
-    env = kafka_script_env
     started = time.monotonic()
     try:
         result = run_kafka_script("start", env, timeout=START_TIMEOUT_S + FETCH_ALLOWANCE_S)
@@ -116,19 +115,86 @@ def kafka_bootstrap(kafka_script_env: dict[str, str]) -> Iterator[str]:
             f"{result.stdout}\n{result.stderr}",
             pytrace=False,
         )
-    bootstrap = ""
-    for line in result.stdout.splitlines():
-        if line.startswith("KAFKA_BOOTSTRAP="):
-            bootstrap = line.split("=", 1)[1].strip()
-    if not bootstrap:
+    printed = dict(
+        line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("KAFKA_")
+    )
+    if not printed.get("KAFKA_BOOTSTRAP"):
         run_kafka_script("stop", env, timeout=60)
         pytest.fail(f"compose/kafka.sh start printed no KAFKA_BOOTSTRAP:\n{result.stdout}")
     sys.stderr.write(
-        f"\n[kafka] broker {bootstrap} ready in {time.monotonic() - started:.1f}s "
-        f"(data {env['TRAIL_KAFKA_DATA']})\n"
+        f"\n[kafka] broker {printed['KAFKA_BOOTSTRAP']} ready in "
+        f"{time.monotonic() - started:.1f}s (data {env['TRAIL_KAFKA_DATA']})\n"
     )
+    return printed
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_script_env: dict[str, str]) -> Iterator[str]:
+    """Bootstrap address of a running broker: ``TRAIL_KAFKA_BOOTSTRAP`` or one started here."""
+    external = os.environ.get("TRAIL_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+
+    env = kafka_script_env
+    bootstrap = _start_broker(env)["KAFKA_BOOTSTRAP"]
     try:
         yield bootstrap
+    finally:
+        stop = run_kafka_script("stop", env, timeout=120)
+        if stop.returncode != 0:
+            sys.stderr.write(f"[kafka] stop failed: {stop.stdout}\n{stop.stderr}\n")
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """The SASL_SSL listener of the ``kafka_secured`` broker and its one user."""
+
+    bootstrap: str  # the SASL_SSL listener
+    plain_bootstrap: str  # the same broker's plain listener (fixtures only, never under test)
+    cafile: Path  # the PEM CA that signed the broker's certificate
+    username: str
+    password: str
+    mechanisms: tuple[str, ...]  # SCRAM-SHA-512 and PLAIN
+
+    def env(self, mechanism: str = "SCRAM-SHA-512", **changes: str | None) -> dict[str, str]:
+        """The ``TRAIL_*`` variables of a client of this listener.
+
+        ``changes`` replaces settings by name (``sasl_password="wrong"``) or, with None,
+        leaves them out (``ssl_cafile=None``: the system's CAs, which do not trust it).
+        """
+        values: dict[str, str | None] = {
+            "broker": self.bootstrap,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": mechanism,
+            "sasl_username": self.username,
+            "sasl_password": self.password,
+            "ssl_cafile": str(self.cafile),
+        }
+        values.update(changes)
+        return {f"TRAIL_{k.upper()}": v for k, v in values.items() if v is not None}
+
+
+@pytest.fixture(scope="session")
+def kafka_secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    """A second private broker with a SASL_SSL listener (``compose/kafka.sh start --secure``),
+    stopped at session end. Started only by the tests that ask for it."""
+    port, controller_port, secure_port = _free_ports(3)
+    env = _script_env(port, controller_port, tmp_path_factory.mktemp("kafka-secured"))
+    env["TRAIL_KAFKA_SECURE"] = "1"
+    env["TRAIL_KAFKA_SECURE_PORT"] = str(secure_port)
+    # A small heap: the machine is shared, and the tests send a few thousand records.
+    env["TRAIL_KAFKA_HEAP_OPTS"] = "-Xms128m -Xmx512m"
+    printed = _start_broker(env, ("bash", "java", "openssl"))
+    try:
+        yield SecuredKafka(
+            bootstrap=printed["KAFKA_SECURE_BOOTSTRAP"],
+            plain_bootstrap=printed["KAFKA_BOOTSTRAP"],
+            cafile=Path(printed["KAFKA_SSL_CAFILE"]),
+            username=printed["KAFKA_SASL_USERNAME"],
+            password=Path(printed["KAFKA_SASL_PASSWORD_FILE"]).read_text().strip(),
+            mechanisms=tuple(printed["KAFKA_SASL_MECHANISMS"].split(",")),
+        )
     finally:
         stop = run_kafka_script("stop", env, timeout=120)
         if stop.returncode != 0:
