@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams.kafka_io import client_options
+from streams.kafka_options import faust_credentials
 from streams.settings import Settings
 from streams.worker import Worker
 
@@ -53,7 +54,7 @@ def faust_app(settings: Settings, client_id: str) -> Any:
 
     options: dict[str, Any] = {}
     if settings.security_protocol != "PLAINTEXT":
-        options["broker_credentials"] = _credentials(settings)
+        options["broker_credentials"] = faust_credentials(settings)
     return faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
@@ -74,28 +75,6 @@ def faust_app(settings: Settings, client_id: str) -> Any:
         stream_wait_empty=False,
         producer_acks=-1,
         **options,
-    )
-
-
-def _credentials(settings: Settings) -> Any:
-    import faust
-    from aiokafka.helpers import create_ssl_context
-
-    ssl_context = None
-    if "SSL" in settings.security_protocol:
-        cafile = str(settings.ssl_cafile) if settings.ssl_cafile else None
-        ssl_context = create_ssl_context(cafile=cafile)
-    if not settings.security_protocol.startswith("SASL"):
-        return faust.SSLCredentials(ssl_context)
-    if settings.sasl_mechanism != "PLAIN":
-        raise ValueError(
-            f"the Faust runtime supports SASL PLAIN only (got {settings.sasl_mechanism}): "
-            "use --runtime aiokafka for SCRAM"
-        )
-    return faust.SASLCredentials(
-        username=settings.sasl_username,
-        password=settings.sasl_password,
-        ssl_context=ssl_context,
     )
 
 

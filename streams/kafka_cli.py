@@ -71,7 +71,9 @@ async def produce_log(
     from aiokafka import AIOKafkaProducer
 
     from streams.kafka_io import BatchSender, TopicSpec, client_options, ensure_topics
+    from streams.kafka_options import verify_connection
 
+    await verify_connection(settings)  # refused credentials: one clear error, no retries
     topic = topic or settings.events_topic
     counts = await ensure_topics(settings, [TopicSpec(topic, settings.partitions)])
     partitions = counts[topic]

@@ -79,7 +79,9 @@ async def tail(
     from aiokafka import AIOKafkaConsumer
 
     from streams.kafka_io import client_options
+    from streams.kafka_options import verify_connection
 
+    await verify_connection(settings)  # refused credentials: one clear error, no retries
     out = out if out is not None else sys.stdout
     topic = (
         topic

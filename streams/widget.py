@@ -659,25 +659,9 @@ class KafkaSource:
         self.ready = asyncio.Event()
 
     def _client_options(self) -> dict[str, Any]:
-        s = self.settings
-        options: dict[str, Any] = {
-            "bootstrap_servers": s.broker,
-            "security_protocol": s.security_protocol,
-            "client_id": "trail-widget",
-        }
-        if s.sasl_mechanism is not None:
-            options.update(
-                sasl_mechanism=s.sasl_mechanism,
-                sasl_plain_username=s.sasl_username,
-                sasl_plain_password=s.sasl_password,
-            )
-        if s.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
+        from streams.kafka_options import client_options
 
-            options["ssl_context"] = create_ssl_context(
-                cafile=str(s.ssl_cafile) if s.ssl_cafile else None
-            )
-        return options
+        return {**client_options(self.settings), "client_id": "trail-widget"}
 
     async def run(self) -> None:
         backoff = 1.0
@@ -1321,6 +1305,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.no_source:
         hub.source_ready = True
     else:
+        from streams.kafka_options import KafkaSecurityError, verify_connection
+
+        # Settings or credentials the broker refuses: one error now, not a source that
+        # retries them for ever behind a page that never fills.
+        try:
+            asyncio.run(verify_connection(settings))
+        except KafkaSecurityError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         hub.source = f"kafka:{settings.broker}"
         kafka = KafkaSource(
             hub,
