@@ -68,6 +68,18 @@ def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="items the cheap ranker passes to the LM per window (M)",
     )
+    parser.add_argument(
+        "--time-unit",
+        choices=["auto", "s", "ms", "us", "ns"],
+        default=None,
+        help="unit of plain-number timestamps (default auto: told from their median)",
+    )
+    parser.add_argument(
+        "--time-horizon",
+        default=None,
+        help="rows beyond it are skipped as malformed: auto (default), off, or a duration "
+        "before the log's 1st / after its 99th percentile time, e.g. 30d",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -134,12 +146,21 @@ def run(command: str, args: argparse.Namespace) -> int:
         base_model=args.base_model,
         rescore_top=args.rescore_top,
         explain_top=getattr(args, "explain_top", None),
+        time_unit=args.time_unit,
+        time_horizon=args.time_horizon,
     )
     try:
-        log = load_events(args.events, progress=not args.no_progress)
+        log = load_events(
+            args.events,
+            progress=not args.no_progress,
+            time_unit=settings.time_unit,
+            time_horizon=settings.time_horizon,
+        )
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for note in log.notes:
+        print(f"note: {note}", file=sys.stderr)
     _report_bad_rows(log)
     try:
         if command == "replay":

@@ -19,10 +19,31 @@ Sources
   never imported); ``amazon-beauty`` is read from the shared data folder
   (``$TRAIL_SHARED_DATA`` or ``../shared/data`` beside the repository).
 
-Malformed rows (a wrong number of fields, a missing or empty id, a timestamp that is not a time,
-invalid UTF-8) never stop loading: they are skipped and reported in :attr:`EventLog.bad_rows`
-with their 1-based line number in the file (the header is line 1; for Parquet, the row number)
-and the reason. Blank lines are skipped without a report.
+Malformed rows never stop loading: a wrong number of fields, a missing or empty id, a
+timestamp that is not a time, invalid UTF-8, a line over 4 MiB, a stray quote, or a time beyond
+the log's horizon. Each is skipped, counted in :attr:`EventLog.bad_row_count` and reported in
+:attr:`EventLog.bad_rows` with its 1-based line number in the file (the header is line 1; for
+Parquet, the row number) and the reason. Blank lines are skipped without a report. Only a file
+that cannot be read or has no usable header stops the load, with a :class:`DatasetError`.
+
+A quoted value may span lines only when the row it belongs to is valid. Otherwise the quote is
+taken as a stray one: that line is reported and the lines after it are read again as rows of
+their own, so an unclosed quote costs one row, not the rest of the file.
+
+Time units and the horizon
+--------------------------
+Plain-number timestamps are read in ``time_unit``. The default, ``"auto"``, tells the unit from
+the median number: below 1e11 seconds, then milliseconds, microseconds and nanoseconds since
+1970 (below 1e14, 1e17 and 1e20); a log read in another unit than seconds gets a note in
+:attr:`EventLog.notes`. ISO-8601 strings and Arrow timestamps carry their own unit.
+
+Rows whose time lies beyond the log's horizon are malformed. With ``time_horizon="auto"`` the
+horizon spans the log's 1st to 99th percentile of times, widened on each side by ten times that
+spread or a year, whichever is more; a row is refused only when it is also after 2100-01-01 or
+before 1973-03-03 (1e8 s), so a real date is never refused, while a millisecond time in a log of
+seconds (or a second in a log of milliseconds) always is. A duration such as ``"30d"`` refuses
+rows more than that before the 1st or after the 99th percentile; ``"off"`` keeps every time up
+to the end of year 9999, the latest time ever accepted.
 
 Parsed text files of 256 KiB or more are cached as Parquet under ``cache_dir/parsed/`` (one
 entry per path, checked against the file's size and modification time), so a second load of a
@@ -36,6 +57,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -43,12 +65,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+import zlib
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -60,6 +88,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from schemas import MAX_ID_CHARS, ItemMeta
+from streams.trend.windows import parse_duration
 
 #: At most this many malformed rows are kept with their reasons; all of them are counted.
 MAX_BAD_ROWS = 1000
@@ -67,8 +96,29 @@ MAX_BAD_ROWS = 1000
 #: Columns a CSV or Parquet event log may have. ``ts`` is an alias of ``timestamp``.
 ALLOWED_COLUMNS = frozenset({"user_id", "item_id", "timestamp", "ts", "type", "weight", "rating"})
 
+#: Seconds per unit of a plain-number timestamp.
+TIME_UNITS: Mapping[str, float] = MappingProxyType({"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9})
+TimeUnit = Literal["auto", "s", "ms", "us", "ns"]
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+#: ``time_unit="auto"``: a median plain-number time below the bound means that unit. Each bound
+#: is year 5138 in its unit, and 1973 in the next one: no real date falls between two readings.
+_UNIT_BOUNDS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", 1e20))
+#: 9999-12-31T23:59:59Z: no later time is ever accepted (nor can it be shown as a date).
+LATEST_TIME = 253_402_300_799.0
+#: The automatic horizon never refuses a time between these (1973-03-03 and 2100-01-01): every
+#: millisecond epoch after Feb 1970 read as seconds lies after the end, every second epoch
+#: read as milliseconds before the start.
+_PLAUSIBLE_START = 1e8
+_PLAUSIBLE_END = 4_102_444_800.0
+#: The automatic horizon widens the log's 1st..99th percentile span by this factor of it ...
+_HORIZON_SPREAD = 10.0
+#: ... or by a year, whichever is more, on each side.
+_HORIZON_MIN_MARGIN = 365 * 86_400.0
+#: The share of times at each end that does not count for the log's span.
+_HORIZON_TRIM = 0.01
+
 #: Bump when the layout of the parsed-file cache changes: old entries are then ignored.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 #: Written last into a downloaded dataset folder: its presence means the folder is complete.
 _COMPLETE_MARKER = ".complete"
 #: A progress bar appears only when reading takes longer than this (seconds).
@@ -88,6 +138,16 @@ _MAX_TITLE_CHARS = 512
 _FORMATS = {".csv": "csv", ".inter": "inter", ".parquet": "parquet", ".pq": "parquet"}
 #: Smaller text files parse in milliseconds and are not cached.
 _CACHE_MIN_BYTES = 256 * 1024
+#: A header line longer than this is not a header (it would also break the csv module).
+_MAX_HEADER_BYTES = 64 * 1024
+#: A longer line is a malformed row (the fast reader cannot hold it in one block).
+_MAX_LINE_BYTES = _READ_BLOCK_BYTES
+#: A quoted value may join at most this many lines (ids are at most MAX_ID_CHARS long).
+_MAX_RECORD_LINES = 64
+#: The careful reader hands rows to Arrow in chunks of this many.
+_CHUNK_ROWS = 1 << 16
+#: Splits a line after a carriage return that no line feed follows (an old Mac line end).
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
 @dataclass(frozen=True)
@@ -166,6 +226,11 @@ class EventLog:
         How many malformed rows the source had in all.
     source : str
         The path the events came from.
+    time_unit : str
+        The unit the source's plain-number timestamps were read in: ``"s"``, ``"ms"``,
+        ``"us"`` or ``"ns"`` (``"s"`` when it has none).
+    notes : tuple[str, ...]
+        What the load chose on its own that the user should know, e.g. a detected time unit.
 
     Examples
     --------
@@ -183,6 +248,8 @@ class EventLog:
     bad_rows: tuple[BadRow, ...] = ()
     bad_row_count: int = 0
     source: str = ""
+    time_unit: str = "s"
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         columns = {
@@ -197,6 +264,7 @@ class EventLog:
             object.__setattr__(self, key, column)
         object.__setattr__(self, "items", MappingProxyType(dict(self.items)))
         object.__setattr__(self, "bad_rows", tuple(self.bad_rows))
+        object.__setattr__(self, "notes", tuple(self.notes))
 
     def __len__(self) -> int:
         """Return the number of events."""
@@ -282,7 +350,12 @@ def default_cache_dir() -> Path:
 
 
 def load_events(
-    source: str | Path, *, cache_dir: Path | None = None, progress: bool = True
+    source: str | Path,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    time_unit: TimeUnit = "auto",
+    time_horizon: str | float = "auto",
 ) -> EventLog:
     """Load an event log into columnar arrays.
 
@@ -296,6 +369,12 @@ def load_events(
         omitted.
     progress : bool
         Report downloads and long reads on stderr.
+    time_unit : {"auto", "s", "ms", "us", "ns"}
+        Unit of plain-number timestamps; ``"auto"`` tells it from their median (see the
+        module's notes).
+    time_horizon : str or float
+        ``"auto"``, ``"off"``, or how far (a duration such as ``"30d"``, or seconds) a time
+        may lie before the log's 1st or after its 99th percentile; rows beyond are malformed.
 
     Returns
     -------
@@ -305,9 +384,14 @@ def load_events(
     Raises
     ------
     DatasetError
-        The source does not exist, has an unknown format or an unusable header, or a
-        dataset could not be downloaded.
+        The source does not exist or cannot be read, has an unknown format or an unusable
+        header, timestamps of no known unit, or a dataset could not be downloaded.
+    ValueError
+        ``time_unit`` or ``time_horizon`` is not one of the accepted values.
     """
+    margin = horizon_margin(time_horizon)
+    if time_unit != "auto" and time_unit not in TIME_UNITS:
+        raise ValueError(f"time_unit {time_unit!r} is not one of auto, {', '.join(TIME_UNITS)}")
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     name, path = _resolve(source, cache_root, progress)
     kind = _format_of(path)
@@ -316,17 +400,54 @@ def load_events(
         if kind == "parquet"
         else _read_text_cached(path, kind, cache_root, progress)
     )
+    unit, notes = _unit_of(parsed, time_unit, path)
+    timed = _within_horizon(parsed, unit, margin)
     items = _sibling_items(path, progress) if kind == "inter" else {}
     return EventLog(
         name=name,
-        user_ids=_to_objects(parsed.user_ids),
-        item_ids=_to_objects(parsed.item_ids),
-        timestamps=parsed.timestamps,
+        user_ids=_to_objects(timed.user_ids),
+        item_ids=_to_objects(timed.item_ids),
+        timestamps=timed.timestamps,
         items=items,
-        bad_rows=parsed.bad_rows,
-        bad_row_count=parsed.bad_row_count,
+        bad_rows=timed.bad_rows,
+        bad_row_count=timed.bad_row_count,
         source=str(path),
+        time_unit=unit,
+        notes=tuple(notes),
     )
+
+
+def horizon_margin(value: str | float) -> Literal["auto", "off"] | float:
+    """Parse a ``time_horizon``: ``"auto"``, ``"off"``, or a duration as seconds.
+
+    Parameters
+    ----------
+    value : str or float
+        ``"auto"``, ``"off"``, a duration such as ``"30d"``, or seconds.
+
+    Returns
+    -------
+    "auto", "off" or float
+        The policy, or the margin in seconds.
+
+    Raises
+    ------
+    ValueError
+        Any other value.
+
+    Examples
+    --------
+    >>> horizon_margin("auto"), horizon_margin("2d"), horizon_margin(60)
+    ('auto', 172800.0, 60.0)
+    """
+    if value in ("auto", "off"):
+        return "auto" if value == "auto" else "off"
+    try:
+        return float(parse_duration(value))
+    except ValueError as exc:
+        raise ValueError(
+            f"time horizon {value!r} is not auto, off or a duration such as 30d"
+        ) from exc
 
 
 # --- Where a source lives ------------------------------------------------------------------
@@ -494,13 +615,21 @@ def _format_of(path: Path) -> str:
 
 @dataclass(frozen=True)
 class _Parsed:
-    """Valid events as Arrow string columns and NumPy times, plus the bad-row report."""
+    """Valid events as Arrow string columns and NumPy times, plus the bad-row report.
+
+    ``timestamps`` holds plain numbers as written (their unit is not applied yet), so that the
+    parsed-file cache does not depend on ``time_unit``; ``numeric`` marks those rows. ``lines``
+    is each event's line number, for reporting rows that the time checks refuse later.
+    """
 
     user_ids: pa.ChunkedArray
     item_ids: pa.ChunkedArray
     timestamps: np.ndarray
     bad_rows: tuple[BadRow, ...]
     bad_row_count: int
+    lines: np.ndarray
+    numeric: np.ndarray
+    time_label: str = "timestamp"
 
 
 def _cache_file(cache_dir: Path, path: Path) -> Path:
@@ -537,12 +666,25 @@ def _load_cached(cache_file: Path, fingerprint: dict[str, int]) -> _Parsed | Non
         report = json.loads(table.schema.metadata[b"trail"])
         if report["source"] != fingerprint:
             return None
+        rows = table.num_rows
+        first_line = report["first_line"]
         return _Parsed(
             table["user_id"],
             table["item_id"],
             table["timestamp"].to_numpy(),
             tuple(BadRow(int(line), str(reason)) for line, reason in report["bad_rows"]),
             int(report["bad_row_count"]),
+            lines=(
+                table["line"].to_numpy()
+                if first_line is None
+                else np.arange(first_line, first_line + rows, dtype=np.int64)
+            ),
+            numeric=(
+                table["numeric"].to_numpy(zero_copy_only=False)
+                if "numeric" in table.column_names
+                else np.ones(rows, dtype=bool)
+            ),
+            time_label=str(report["time_label"]),
         )
     except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
         return None
@@ -550,14 +692,28 @@ def _load_cached(cache_file: Path, fingerprint: dict[str, int]) -> _Parsed | Non
 
 def _store_cached(cache_file: Path, fingerprint: dict[str, int], parsed: _Parsed) -> None:
     """Write a cache entry atomically; a cache that cannot be written is only a warning."""
+    lines = parsed.lines
+    # Line numbers and the plain-number mask are stored only when they say something: most
+    # logs have one event per line and plain-number times (and load faster without them).
+    first_line = int(lines[0]) if lines.size else 2
+    consecutive = bool(np.array_equal(lines, np.arange(first_line, first_line + lines.size)))
     report = {
         "source": fingerprint,
         "bad_rows": [[row.line, row.reason] for row in parsed.bad_rows],
         "bad_row_count": parsed.bad_row_count,
+        "time_label": parsed.time_label,
+        "first_line": first_line if consecutive else None,
     }
-    table = pa.table(
-        {"user_id": parsed.user_ids, "item_id": parsed.item_ids, "timestamp": parsed.timestamps}
-    ).replace_schema_metadata({"trail": json.dumps(report)})
+    columns = {
+        "user_id": parsed.user_ids,
+        "item_id": parsed.item_ids,
+        "timestamp": parsed.timestamps,
+    }
+    if not consecutive:
+        columns["line"] = pa.chunked_array([lines])
+    if not parsed.numeric.all():
+        columns["numeric"] = pa.chunked_array([parsed.numeric])
+    table = pa.table(columns).replace_schema_metadata({"trail": json.dumps(report)})
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
@@ -576,6 +732,14 @@ def _store_cached(cache_file: Path, fingerprint: dict[str, int], parsed: _Parsed
 # --- Reading text files --------------------------------------------------------------------
 
 
+#: Held while pyarrow reads with :func:`_read_table`'s hook for unraisable errors in place.
+_UNRAISABLE_LOCK = threading.Lock()
+
+
+class _NeedsCarefulRead(DatasetError):
+    """pyarrow cannot split this file (a row over a block, or a bad row it cannot report)."""
+
+
 class _SkippedRows:
     """``invalid_row_handler`` for pyarrow: skips rows with a wrong field count, noting them."""
 
@@ -588,11 +752,50 @@ class _SkippedRows:
         self.numbers.append(row.number)
         self.newlines.append(row.text.count("\n"))
         if len(self.reasons) < MAX_BAD_ROWS:
-            reason = f"expected {row.expected_columns} fields, got {row.actual_columns}"
-            if self.newlines[-1]:
-                reason += f" (an unclosed quote joins {self.newlines[-1] + 1} lines into this row)"
-            self.reasons.append(reason)
+            self.reasons.append(f"expected {row.expected_columns} fields, got {row.actual_columns}")
         return "skip"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a text log is laid out: its header fields, those read, and its syntax."""
+
+    names: list[str]
+    include: list[str]
+    delimiter: str
+    quoted: bool  # CSV: values may be quoted (and hold line breaks); .inter: never
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows of a text file split into fields, before validation.
+
+    Attributes
+    ----------
+    columns : dict[str, pyarrow.ChunkedArray]
+        One binary column per included header field.
+    lines : numpy.ndarray
+        The first physical line of each row.
+    spans : numpy.ndarray
+        How many more lines each row takes (line breaks in quoted values).
+    skipped : list[BadRow]
+        The first :data:`MAX_BAD_ROWS` rows that could not be split into the header's fields.
+    skipped_count : int
+        How many such rows there were.
+    """
+
+    columns: dict[str, pa.ChunkedArray]
+    lines: np.ndarray
+    spans: np.ndarray
+    skipped: list[BadRow]
+    skipped_count: int
+
+    def blank(self) -> np.ndarray:
+        """Rows whose fields are all empty: blank lines, skipped without a report."""
+        blank = np.ones(len(self.lines), dtype=bool)
+        for column in self.columns.values():
+            blank &= pc.equal(pc.binary_length(column), 0).to_numpy(zero_copy_only=False)
+        return blank
 
 
 def _is_gzip(path: Path) -> bool:
@@ -604,23 +807,45 @@ def _read_header(path: Path, delimiter: str, quoted: bool) -> list[str]:
     """Return the stripped field names of the first line."""
     try:
         with gzip.open(path, "rb") if _is_gzip(path) else path.open("rb") as handle:
-            raw = handle.readline(1 << 20)
-    except (OSError, EOFError) as exc:
+            raw = handle.readline(_MAX_HEADER_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
+    if len(raw) > _MAX_HEADER_BYTES and not raw.endswith(b"\n"):
+        raise DatasetError(
+            f"{path}: line 1 is longer than {_size(_MAX_HEADER_BYTES)}; the first line "
+            "must be a header, e.g. user_id,item_id,timestamp"
+        )
     try:
-        text = raw.decode("utf-8-sig").rstrip("\r\n")
+        # pyarrow ends a line at a lone carriage return too; so does the header.
+        text = re.split(r"\r\n|\r|\n", raw.decode("utf-8-sig"), maxsplit=1)[0]
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: the header line is not UTF-8 text") from exc
     if not text.strip():
         raise DatasetError(
             f"{path}: the first line must be a header, e.g. user_id,item_id,timestamp"
         )
-    fields = next(csv.reader([text], delimiter=delimiter)) if quoted else text.split(delimiter)
+    try:
+        fields = next(csv.reader([text], delimiter=delimiter)) if quoted else text.split(delimiter)
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: the header line is not CSV ({exc})") from exc
     names = [name.strip() for name in fields]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise DatasetError(f"{path}: duplicate header field(s) {duplicates}")
+        raise DatasetError(f"{path}: duplicate header field(s) {_names_shown(duplicates)}")
     return names
+
+
+def _size(count: int) -> str:
+    """A byte count for a message: ``64 KiB``, ``4 MiB``."""
+    if count >= 1 << 20:
+        return f"{count / (1 << 20):.3g} MiB"
+    return f"{count / 1024:.3g} KiB"
+
+
+def _names_shown(names: Sequence[str]) -> list[str]:
+    """Header names short enough to print: a garbage header must not flood the terminal."""
+    shown = [name if len(name) <= 40 else name[:37] + "..." for name in names[:20]]
+    return shown if len(names) <= 20 else [*shown, f"... {len(names) - 20} more"]
 
 
 def _read_table(
@@ -633,7 +858,16 @@ def _read_table(
     handler: _SkippedRows,
     progress: bool,
 ) -> pa.Table:
-    """Read the rows after the header as binary columns, skipping rows of the wrong width."""
+    """Read the rows after the header as binary columns, skipping rows of the wrong width.
+
+    Raises
+    ------
+    _NeedsCarefulRead
+        pyarrow could not split the file, e.g. a row is larger than a block, or a row of the
+        wrong width is not UTF-8 text (pyarrow cannot hand it to ``handler``).
+    DatasetError
+        The file cannot be read.
+    """
     read_options = pacsv.ReadOptions(
         use_threads=False,  # pyarrow reports row numbers to the handler only when serial
         block_size=_READ_BLOCK_BYTES,
@@ -650,38 +884,72 @@ def _read_table(
     convert_options = pacsv.ConvertOptions(
         column_types=dict.fromkeys(include, pa.binary()), include_columns=include
     )
+    unraisable: list[BaseException | None] = []
+    reader = threading.get_ident()
+
+    def note_unraisable(failure: sys.UnraisableHookArgs) -> None:
+        if threading.get_ident() == reader:
+            unraisable.append(failure.exc_value)
+        else:
+            previous_hook(failure)
+
+    # pyarrow decodes a bad row as UTF-8 before it calls the handler (in this thread, as
+    # use_threads is off); when that fails it prints the error as "unraisable" (a traceback
+    # on stderr) and stops reading. Catch it here: the careful reader then reads the file.
+    # The hook is global: the lock keeps two threads' reads from restoring it out of order.
+    with _UNRAISABLE_LOCK:
+        previous_hook = sys.unraisablehook
+        sys.unraisablehook = note_unraisable
+        try:
+            table = _read_csv(path, read_options, parse_options, convert_options, progress)
+        except pa.ArrowInvalid as exc:
+            raise _NeedsCarefulRead(f"{path}: cannot parse ({exc})") from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise DatasetError(f"{path}: cannot read ({exc})") from exc
+        finally:
+            sys.unraisablehook = previous_hook
+    if unraisable:
+        raise _NeedsCarefulRead(f"{path}: a malformed row is not UTF-8 text ({unraisable[0]})")
+    return table
+
+
+def _read_csv(
+    path: Path,
+    read_options: pacsv.ReadOptions,
+    parse_options: pacsv.ParseOptions,
+    convert_options: pacsv.ConvertOptions,
+    progress: bool,
+) -> pa.Table:
+    """pyarrow's CSV reader on a plain or gzip file, with a progress bar on long reads."""
     compressed = _is_gzip(path)
-    try:
-        with (
-            path.open("rb") as raw,
-            tqdm.wrapattr(
-                raw,
-                "read",
-                total=path.stat().st_size,
-                desc=f"reading {path.name}",
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                delay=_PROGRESS_DELAY_S,
-                disable=not progress,
-                file=sys.stderr,
-            ) as counted,
-        ):
-            stream = pa.PythonFile(counted, mode="r")
-            if compressed:
-                stream = pa.CompressedInputStream(stream, "gzip")
-            return pacsv.read_csv(
-                stream,
-                read_options=read_options,
-                parse_options=parse_options,
-                convert_options=convert_options,
-            )
-    except (OSError, pa.ArrowException) as exc:
-        raise DatasetError(f"{path}: cannot parse ({exc})") from exc
+    with (
+        path.open("rb") as raw,
+        tqdm.wrapattr(
+            raw,
+            "read",
+            total=path.stat().st_size,
+            desc=f"reading {path.name}",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            delay=_PROGRESS_DELAY_S,
+            disable=not progress,
+            file=sys.stderr,
+        ) as counted,
+    ):
+        stream = pa.PythonFile(counted, mode="r")
+        if compressed:
+            stream = pa.CompressedInputStream(stream, "gzip")
+        return pacsv.read_csv(
+            stream,
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=convert_options,
+        )
 
 
 def _line_numbers(
-    rows: int, skipped: _SkippedRows, newlines: np.ndarray | None
+    rows: int, skipped: _SkippedRows, spans: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the first physical line of each kept row and of each skipped row.
 
@@ -692,53 +960,322 @@ def _line_numbers(
     is_skipped = np.zeros(total, dtype=bool)
     is_skipped[np.asarray(skipped.numbers, dtype=np.int64) - 2] = True
     lines = np.arange(2, total + 2, dtype=np.int64)
-    if newlines is not None:
+    if spans.any() or any(skipped.newlines):
         extra = np.zeros(total, dtype=np.int64)
-        extra[~is_skipped] = newlines
+        extra[~is_skipped] = spans
         extra[is_skipped] = skipped.newlines
         lines[1:] += np.cumsum(extra)[:-1]
     return lines[~is_skipped], lines[is_skipped]
 
 
+def _read_fast(path: Path, layout: _Layout, progress: bool) -> _Rows | None:
+    """Split the file with pyarrow; ``None`` when only the careful reader can get it right."""
+    skipped = _SkippedRows()
+    include = layout.include
+    try:
+        table = _read_table(
+            path,
+            names=layout.names,
+            include=include,
+            delimiter=layout.delimiter,
+            quoted=layout.quoted,
+            handler=skipped,
+            progress=progress,
+        )
+    except _NeedsCarefulRead:
+        return None
+    if any(skipped.newlines):
+        return None  # a bad row over several lines: a stray quote may have swallowed rows
+    spans = np.zeros(table.num_rows, dtype=np.int64)
+    if layout.quoted and table.num_rows:
+        counts = [pc.count_substring(table[name], "\n").to_numpy() for name in include]
+        spans = np.asarray(np.sum(counts, axis=0, dtype=np.int64))
+        if int(spans.max()) >= _MAX_RECORD_LINES:
+            return None  # the careful reader takes such a row for a stray quote
+    lines, skipped_lines = _line_numbers(table.num_rows, skipped, spans)
+    earlier = [
+        BadRow(int(line), reason)
+        for line, reason in zip(skipped_lines, skipped.reasons, strict=False)
+    ]
+    columns = {name: table[name] for name in include}
+    return _Rows(columns, lines, spans, earlier, len(skipped.numbers))
+
+
+def _without_line_end(line: bytes) -> bytes:
+    if line.endswith(b"\n"):
+        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+class _Lines(Protocol):
+    """A binary file to read lines from (plain or gzip)."""
+
+    def readline(self, size: int | None = -1, /) -> bytes: ...
+
+
+def _physical_lines(handle: _Lines) -> Iterator[bytes | None]:
+    """Yield each line with its line end; ``None`` for a line over :data:`_MAX_LINE_BYTES`.
+
+    Lines end at a line feed, or at a carriage return that no line feed follows (as in
+    pyarrow). The bytes of an over-long line are skipped, never held in memory.
+    """
+    while chunk := handle.readline(_MAX_LINE_BYTES + 1):
+        if len(chunk) > _MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = handle.readline(_READ_BLOCK_BYTES)
+            yield None
+        elif b"\r" in chunk[:-2]:
+            yield from (part for part in _LONE_CR.split(chunk) if part)
+        else:
+            yield chunk
+
+
+class _LineSource:
+    """Numbered physical lines after the header, and lines pushed back to be read again."""
+
+    def __init__(self, handle: _Lines, advance: Callable[[], None]) -> None:
+        self._lines = _physical_lines(handle)
+        self._advance = advance
+        self._number = 0
+        self._again: list[tuple[int, bytes | None]] = []  # a stack: read back to front
+
+    def next(self) -> tuple[int, bytes | None] | None:
+        """Return ``(line number, line)``, or ``None`` at the end of the file."""
+        if self._again:
+            return self._again.pop()
+        line = next(self._lines, b"")
+        if line == b"":
+            return None
+        self._number += 1
+        if self._number % _CHUNK_ROWS == 0:
+            self._advance()
+        return self._number, line
+
+    def push_back(self, lines: Sequence[tuple[int, bytes | None]]) -> None:
+        """Read ``lines`` again, in order, before any further line of the file."""
+        self._again.extend(reversed(lines))
+
+
+def _split_quoted(record: bytes, sep: bytes) -> list[bytes] | None:
+    """Split a CSV record into fields as pyarrow does; ``None`` while a quote is open.
+
+    A quote opens a quoted value only at the start of a field; in it, two quotes stand for
+    one; text after the closing quote joins the value. Elsewhere a quote is just a character.
+
+    Examples
+    --------
+    >>> _split_quoted(b'a,"b,c",d"e', b","), _split_quoted(b'a,"b', b",")
+    ([b'a', b'b,c', b'd"e'], None)
+    """
+    fields: list[bytes] = []
+    start = 0
+    while True:
+        if record.startswith(b'"', start):
+            value = bytearray()
+            at = start + 1
+            while True:
+                close = record.find(b'"', at)
+                if close < 0:
+                    return None
+                value += record[at:close]
+                if not record.startswith(b'"', close + 1):
+                    break
+                value += b'"'
+                at = close + 2
+            at = close + 1
+            cut = record.find(sep, at)
+            value += record[at:] if cut < 0 else record[at:cut]
+            fields.append(bytes(value))
+        else:
+            cut = record.find(sep, start)
+            fields.append(record[start:] if cut < 0 else record[start:cut])
+        if cut < 0:
+            return fields
+        start = cut + 1
+
+
+class _RowBuilder:
+    """Collects the fields of good rows as Arrow chunks, and the rows that are skipped."""
+
+    def __init__(self, include: list[str]) -> None:
+        self._include = include
+        self._records: list[Sequence[bytes]] = []  # the values of each row, in ``include`` order
+        self._chunks: list[list[pa.Array]] = [[] for _ in include]
+        self._lines = array("q")
+        self._spans: dict[int, int] = {}  # row -> extra lines, for the few rows over several
+        self.skipped: list[BadRow] = []
+        self.skipped_count = 0
+
+    def keep(self, values: Sequence[bytes], line: int, span: int = 0) -> None:
+        if span:
+            self._spans[len(self._lines)] = span
+        self._records.append(values)
+        self._lines.append(line)
+        if len(self._records) >= _CHUNK_ROWS:
+            self._flush()
+
+    def skip(self, line: int, reason: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < MAX_BAD_ROWS:
+            self.skipped.append(BadRow(line, reason))
+
+    def _flush(self) -> None:
+        if not self._records:
+            return
+        for chunks, values in zip(self._chunks, zip(*self._records, strict=True), strict=True):
+            chunks.append(pa.array(values, type=pa.binary()))
+        self._records.clear()
+
+    def rows(self) -> _Rows:
+        self._flush()
+        columns = {
+            name: pa.chunked_array(chunks, type=pa.binary())
+            for name, chunks in zip(self._include, self._chunks, strict=True)
+        }
+        spans = np.zeros(len(self._lines), dtype=np.int64)
+        spans[list(self._spans)] = list(self._spans.values())
+        lines = np.frombuffer(self._lines, dtype=np.int64).copy()
+        return _Rows(columns, lines, spans, self.skipped, self.skipped_count)
+
+
+def _read_careful(
+    path: Path, layout: _Layout, accept: Callable[[list[bytes]], bool], progress: bool
+) -> _Rows:
+    """Split the file line by line: slower than pyarrow, but no bad row stops it.
+
+    Every row that cannot be split into the header's fields is skipped and noted with its
+    line: a wrong width, a line over :data:`_MAX_LINE_BYTES`, a stray quote. A quote that
+    opens a value over several lines must close within :data:`_MAX_RECORD_LINES` lines into
+    a row that ``accept`` (full validation) passes; otherwise it is a stray quote, and the
+    lines after it are read again as rows of their own.
+    """
+    width = len(layout.names)
+    pick = itemgetter(*(layout.names.index(name) for name in layout.include))
+    sep = layout.delimiter.encode()
+    rows = _RowBuilder(layout.include)
+    keep = rows.keep
+    try:
+        with (
+            path.open("rb") as raw,
+            tqdm(
+                total=path.stat().st_size,
+                desc=f"reading {path.name} line by line",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                delay=_PROGRESS_DELAY_S,
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar,
+        ):
+            handle: _Lines = gzip.GzipFile(fileobj=raw, mode="rb") if _is_gzip(path) else raw
+            source = _LineSource(handle, lambda: bar.update(raw.tell() - bar.n))
+            source.next()  # the header
+            while (item := source.next()) is not None:
+                number, line = item
+                if line is None:
+                    rows.skip(number, f"line is longer than {_size(_MAX_LINE_BYTES)}")
+                    continue
+                body = _without_line_end(line)
+                if not body:
+                    continue  # a blank line
+                span = 0
+                if layout.quoted and b'"' in body:
+                    taken = [(number, line)]
+                    fields = _quoted_fields(body, taken, source, sep)
+                    span = len(taken) - 1
+                    if fields is None or (
+                        span and (len(fields) != width or not accept(list(pick(fields))))
+                    ):
+                        # A stray quote: report its line, read the lines it took again.
+                        source.push_back(taken[1:])
+                        rows.skip(number, _stray_quote(fields, taken))
+                        continue
+                else:
+                    fields = body.split(sep)
+                if len(fields) != width:
+                    rows.skip(number, f"expected {width} fields, got {len(fields)}")
+                    continue
+                keep(pick(fields), number, span)
+            bar.update(raw.tell() - bar.n)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from exc
+    return rows.rows()
+
+
+def _quoted_fields(
+    body: bytes, taken: list[tuple[int, bytes]], source: _LineSource, sep: bytes
+) -> list[bytes] | None:
+    """Fields of a record with a quote; lines that an open quote joins go into ``taken``."""
+    fields = _split_quoted(body, sep)
+    record = b"".join(line for _, line in taken)
+    while fields is None and len(taken) < _MAX_RECORD_LINES:
+        following = source.next()
+        if following is None:
+            break
+        number, line = following
+        if line is None:  # an over-long line ends any quoted value
+            source.push_back([following])
+            break
+        taken.append((number, line))
+        record += line
+        if b'"' in line:  # only a quote can close the value
+            fields = _split_quoted(_without_line_end(record), sep)
+    return fields
+
+
+def _stray_quote(fields: list[bytes] | None, taken: Sequence[tuple[int, bytes]]) -> str:
+    """Why a row with a stray quote is skipped."""
+    if fields is None:
+        what = "unclosed quote"
+    else:
+        what = f"stray quote (joining lines {taken[0][0]}-{taken[-1][0]} gives no valid row)"
+    return what + ("; the lines after it are read as rows" if len(taken) > 1 else "")
+
+
 def _read_delimited(path: Path, kind: str, progress: bool) -> _Parsed:
-    """Parse a CSV (``kind="csv"``) or RecBole ``.inter`` file."""
+    """Parse a CSV (``kind="csv"``) or RecBole ``.inter`` file.
+
+    pyarrow reads the file when it can split it cleanly; a file it cannot (a bad row that is
+    not UTF-8, a line over a block) or whose bad rows span lines (a stray quote may hide good
+    rows in them) is read again by the careful reader.
+    """
     quoted = kind == "csv"
     delimiter = "," if quoted else "\t"
     names = _read_header(path, delimiter, quoted)
     roles = _csv_roles(path, names) if quoted else _inter_roles(path, names)
     include = names if quoted else list(roles.values())
-    skipped = _SkippedRows()
-    table = _read_table(
-        path,
-        names=names,
-        include=include,
-        delimiter=delimiter,
-        quoted=quoted,
-        handler=skipped,
-        progress=progress,
-    )
-    newlines: np.ndarray | None = None  # rows span lines only where values may be quoted
-    if quoted:
-        counts = [pc.count_substring(table[name], "\n").to_numpy() for name in include]
-        newlines = np.asarray(np.sum(counts, axis=0, dtype=np.int64))
-    lines, skipped_lines = _line_numbers(table.num_rows, skipped, newlines)
-    blank = np.ones(table.num_rows, dtype=bool)
-    for name in include:
-        blank &= pc.equal(pc.binary_length(table[name]), 0).to_numpy()
-    earlier = [
-        BadRow(int(line), reason)
-        for line, reason in zip(skipped_lines, skipped.reasons, strict=False)
-    ]
-    return _validate(
-        table[roles["user_id"]],
-        table[roles["item_id"]],
-        table[roles["timestamp"]],
-        time_label=roles["timestamp"].split(":", 1)[0],
-        lines=lines,
-        blank=blank,
-        earlier=earlier,
-        earlier_count=len(skipped.numbers),
-    )
+    label = roles["timestamp"].split(":", 1)[0]
+
+    def check(rows: _Rows) -> tuple[_Parsed, np.ndarray]:
+        return _validate(
+            rows.columns[roles["user_id"]],
+            rows.columns[roles["item_id"]],
+            rows.columns[roles["timestamp"]],
+            time_label=label,
+            lines=rows.lines,
+            blank=rows.blank(),
+            earlier=rows.skipped,
+            earlier_count=rows.skipped_count,
+        )
+
+    layout = _Layout(names, include, delimiter, quoted)
+    fast = _read_fast(path, layout, progress)
+    if fast is not None:
+        parsed, failed = check(fast)
+        if not bool(np.any(failed & (fast.spans > 0))):
+            return parsed
+
+    def accept(values: list[bytes]) -> bool:
+        one = {
+            name: pa.chunked_array([pa.array([value], type=pa.binary())])
+            for name, value in zip(include, values, strict=True)
+        }
+        single = _Rows(one, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), [], 0)
+        return not bool(check(single)[1][0])
+
+    careful = _read_careful(path, layout, accept, progress)
+    return check(careful)[0]
 
 
 def _csv_roles(path: Path, names: list[str]) -> dict[str, str]:
@@ -746,8 +1283,8 @@ def _csv_roles(path: Path, names: list[str]) -> dict[str, str]:
     unknown = [name for name in names if name not in ALLOWED_COLUMNS]
     if unknown:
         raise DatasetError(
-            f"{path}: unknown column(s) {unknown}; allowed: {sorted(ALLOWED_COLUMNS)} "
-            "(ts is an alias of timestamp)"
+            f"{path}: unknown column(s) {_names_shown(unknown)}; "
+            f"allowed: {sorted(ALLOWED_COLUMNS)} (ts is an alias of timestamp)"
         )
     if "timestamp" in names and "ts" in names:
         raise DatasetError(f"{path}: has both timestamp and ts; keep one")
@@ -756,7 +1293,9 @@ def _csv_roles(path: Path, names: list[str]) -> dict[str, str]:
         roles["timestamp"] = "ts"
     missing = [role for role, name in roles.items() if name not in names]
     if missing:
-        raise DatasetError(f"{path}: missing column(s) {missing}; the header has {names}")
+        raise DatasetError(
+            f"{path}: missing column(s) {missing}; the header has {_names_shown(names)}"
+        )
     return roles
 
 
@@ -767,7 +1306,7 @@ def _inter_roles(path: Path, names: list[str]) -> dict[str, str]:
     if missing:
         raise DatasetError(
             f"{path}: RecBole header lacks {missing}; expected fields like "
-            f"user_id:token item_id:token timestamp:float, got {names}"
+            f"user_id:token item_id:token timestamp:float, got {_names_shown(names)}"
         )
     return {role: by_base[role] for role in ("user_id", "item_id", "timestamp")}
 
@@ -856,14 +1395,23 @@ def _whole_numbers(label: str, column: pa.ChunkedArray) -> tuple[pa.ChunkedArray
     ]
 
 
-def _time_column(label: str, column: pa.ChunkedArray) -> tuple[np.ndarray, list[_Check]]:
-    """Turn a timestamp column into float64 unix seconds, with checks for unusable times."""
+def _time_column(
+    label: str, column: pa.ChunkedArray
+) -> tuple[np.ndarray, np.ndarray, list[_Check]]:
+    """Turn a timestamp column into float64 times, with checks for unusable times.
+
+    Returns
+    -------
+    seconds, numeric, checks
+        Unix seconds, except plain numbers (marked in ``numeric``), which are kept as they
+        are written: their unit is applied later; and the checks.
+    """
     kind = column.type
     if pa.types.is_dictionary(kind):
         return _time_column(label, column.cast(kind.value_type))
     if _is_text(kind):
         text, checks = _as_text(label, column)
-        seconds, unparsed, empty = _parse_times(text)
+        seconds, numeric, unparsed, empty = _parse_times(text)
 
         def shown(i: int) -> str:
             return _shown(text[i].as_py())
@@ -874,22 +1422,33 @@ def _time_column(label: str, column: pa.ChunkedArray) -> tuple[np.ndarray, list[
         ]
     else:
         seconds, checks = _numeric_seconds(label, column), []
+        numeric = np.full(len(seconds), _is_number(kind))
 
         def shown(i: int) -> str:
             return repr(float(seconds[i]))
 
-    return seconds, [
-        _Check(_null_mask(column), lambda _: f"missing field {label}"),
-        *checks,
-        _Check(~np.isfinite(seconds), lambda i: f"{label} {shown(i)} is not finite"),
-        _Check(seconds < 0, lambda i: f"{label} {shown(i)} is negative"),
-    ]
+    return (
+        seconds,
+        numeric,
+        [
+            _Check(_null_mask(column), lambda _: f"missing field {label}"),
+            *checks,
+            _Check(~np.isfinite(seconds), lambda i: f"{label} {shown(i)} is not finite"),
+            _Check(seconds < 0, lambda i: f"{label} {shown(i)} is negative"),
+        ],
+    )
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+    )
 
 
 def _numeric_seconds(label: str, column: pa.ChunkedArray) -> np.ndarray:
-    """Unix seconds from a numeric, timestamp or date column (NaN where null)."""
+    """Plain numbers, or unix seconds from a timestamp or date column (NaN where null)."""
     kind = column.type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+    if _is_number(kind):
         return np.asarray(column.cast(pa.float64()).to_numpy())
     if pa.types.is_date(kind):
         column = column.cast(pa.timestamp("s"))
@@ -902,14 +1461,14 @@ def _numeric_seconds(label: str, column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(column.cast(pa.int64()).to_numpy()) / per_second
 
 
-def _parse_times(text: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Parse unix seconds or ISO-8601 strings.
+def _parse_times(text: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse plain numbers or ISO-8601 strings.
 
     Returns
     -------
-    seconds, unparsed, empty : numpy.ndarray
-        Seconds (NaN where unknown), and masks of non-empty values that are not times and of
-        empty values.
+    seconds, numeric, unparsed, empty : numpy.ndarray
+        The numbers as written, ISO times as unix seconds (NaN where unknown); and masks of
+        plain numbers, of non-empty values that are not times, and of empty values.
     """
     trimmed = pc.utf8_trim_whitespace(text)
     present = ~_null_mask(trimmed)
@@ -917,7 +1476,7 @@ def _parse_times(text: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndar
     numeric = pc.fill_null(pc.match_substring_regex(trimmed, _NUMBER_PATTERN), False).to_numpy()
     if numeric.all():
         seconds = trimmed.cast(pa.float64()).to_numpy()
-        return seconds, np.zeros(len(seconds), dtype=bool), empty
+        return seconds, numeric, np.zeros(len(seconds), dtype=bool), empty
     seconds = np.full(len(trimmed), np.nan)
     seconds[numeric] = trimmed.filter(pa.array(numeric)).cast(pa.float64()).to_numpy()
     other = present & ~numeric & ~empty
@@ -931,7 +1490,7 @@ def _parse_times(text: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndar
         elapsed = (moments - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
         seconds[other] = elapsed.to_numpy(dtype=np.float64, na_value=np.nan)
     unparsed = other & np.isnan(seconds)
-    return seconds, unparsed, empty
+    return seconds, numeric, unparsed, empty
 
 
 def _validate(
@@ -944,11 +1503,19 @@ def _validate(
     blank: np.ndarray,
     earlier: list[BadRow],
     earlier_count: int,
-) -> _Parsed:
-    """Keep the rows that pass every check; report the others with their first failure."""
+) -> tuple[_Parsed, np.ndarray]:
+    """Keep the rows that pass every check; report the others with their first failure.
+
+    Returns
+    -------
+    parsed : _Parsed
+        The rows that pass, and the report.
+    failed : numpy.ndarray
+        Which of the given rows failed a check (blank rows do not).
+    """
     user_text, user_checks = _id_column("user_id", users)
     item_text, item_checks = _id_column("item_id", items)
-    seconds, time_checks = _time_column(time_label, times)
+    seconds, numeric, time_checks = _time_column(time_label, times)
     checks = [*user_checks, *item_checks, *time_checks]
     failed = np.zeros(len(lines), dtype=bool)
     for check in checks:
@@ -968,13 +1535,18 @@ def _validate(
             item_text.filter(mask),
             seconds[keep],
         )
-    return _Parsed(
+        lines, numeric = lines[keep], numeric[keep]
+    parsed = _Parsed(
         user_text,
         item_text,
         np.ascontiguousarray(seconds, dtype=np.float64),
         tuple(bad_rows),
         earlier_count + int(bad_index.size),
+        lines=np.asarray(lines, dtype=np.int64),
+        numeric=np.asarray(numeric, dtype=bool),
+        time_label=time_label,
     )
+    return parsed, failed
 
 
 def _read_parquet(path: Path) -> _Parsed:
@@ -988,7 +1560,7 @@ def _read_parquet(path: Path) -> _Parsed:
     except (OSError, pa.ArrowException) as exc:
         raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
     rows = table.num_rows
-    return _validate(
+    parsed, _ = _validate(
         table[roles["user_id"]],
         table[roles["item_id"]],
         table[roles["timestamp"]],
@@ -997,6 +1569,114 @@ def _read_parquet(path: Path) -> _Parsed:
         blank=np.zeros(rows, dtype=bool),
         earlier=[],
         earlier_count=0,
+    )
+    return parsed
+
+
+# --- Time units and the horizon ------------------------------------------------------------
+
+
+def _unit_of(parsed: _Parsed, time_unit: str, path: Path) -> tuple[str, list[str]]:
+    """The unit of the log's plain-number times, and a note when ``"auto"`` chose one not s."""
+    if time_unit != "auto":
+        return time_unit, []
+    numbers = parsed.timestamps
+    if not parsed.numeric.all():
+        numbers = numbers[parsed.numeric]
+    if numbers.size == 0 or float(numbers.max()) < _UNIT_BOUNDS[0][1]:
+        return "s", []  # (without a median: this is every log of seconds, and fast)
+    median = float(np.median(numbers))
+    unit = next((unit for unit, bound in _UNIT_BOUNDS if median < bound), None)
+    if unit is None:
+        raise DatasetError(
+            f"{path}: cannot tell the unit of the timestamps: their median, {median:.4g}, is "
+            "too large even for nanoseconds since 1970. Choose one with --time-unit "
+            f"{{{','.join(TIME_UNITS)}}} (time_unit=...)."
+        )
+    if unit == "s":
+        return unit, []
+    return unit, [
+        f"{path.name}: timestamps read as {_UNIT_NAMES[unit]} since 1970 (their median is "
+        f"{median:.4g}); choose another unit with --time-unit"
+    ]
+
+
+def _horizon(seconds: np.ndarray, margin: Literal["auto", "off"] | float) -> tuple[float, float]:
+    """The earliest and latest time a row may have (see the module's notes)."""
+    if margin == "off" or seconds.size == 0:
+        return -math.inf, LATEST_TIME
+    low, high = float(seconds.min()), float(seconds.max())
+    # Shortcuts that refuse nothing, without sorting: the common case of a clean log.
+    if margin == "auto" and _PLAUSIBLE_START <= low and high <= _PLAUSIBLE_END:
+        return _PLAUSIBLE_START, _PLAUSIBLE_END
+    if margin != "auto" and high - low <= margin and high <= LATEST_TIME:
+        return low, high
+    usable = seconds[seconds <= LATEST_TIME]
+    if usable.size == 0:
+        return -math.inf, LATEST_TIME
+    count = usable.size
+    trim = min(math.ceil(_HORIZON_TRIM * count), (count - 1) // 2)
+    ends = np.partition(usable, sorted({trim, count - 1 - trim}))
+    first, last = float(ends[trim]), float(ends[count - 1 - trim])
+    if margin == "auto":
+        widen = max(_HORIZON_MIN_MARGIN, _HORIZON_SPREAD * (last - first))
+        start = min(first - widen, _PLAUSIBLE_START)
+        return start, min(max(last + widen, _PLAUSIBLE_END), LATEST_TIME)
+    return first - margin, min(last + margin, LATEST_TIME)
+
+
+def _instant(seconds: float) -> str:
+    """A time as ISO-8601 UTC when it is a date, else as seconds."""
+    if 0 <= seconds <= LATEST_TIME:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{seconds:.6g} s"
+
+
+def _number(value: float) -> str:
+    """A number as written in a file: ``4102444800000``, ``1e+20``, ``12.5``."""
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    text = repr(value)
+    return text if len(text) <= 20 else f"{value:.6g}"
+
+
+def _within_horizon(parsed: _Parsed, unit: str, margin: Literal["auto", "off"] | float) -> _Parsed:
+    """Apply the time unit, then refuse (report and count) the rows beyond the horizon."""
+    raw = parsed.timestamps
+    seconds = raw
+    if unit != "s" and parsed.numeric.any():
+        seconds = raw.copy()
+        seconds[parsed.numeric] = raw[parsed.numeric] / TIME_UNITS[unit]
+    start, end = _horizon(seconds, margin)
+    refused = (seconds < start) | (seconds > end)
+    if not refused.any():
+        return dataclasses.replace(parsed, timestamps=seconds)
+    where = np.flatnonzero(refused)
+
+    def reason(i: int) -> str:
+        numeric = bool(parsed.numeric[i])
+        shown = _number(float(raw[i])) if numeric else _instant(float(seconds[i]))
+        what = f"{parsed.time_label} {shown}" + (
+            f" (read as {_UNIT_NAMES[unit]})" if numeric else ""
+        )
+        if seconds[i] > LATEST_TIME:
+            return f"{what} is after the year 9999"
+        if seconds[i] > end:
+            return f"{what} is after the horizon {_instant(end)} (see --time-horizon)"
+        return f"{what} is before the horizon {_instant(start)} (see --time-horizon)"
+
+    found = [BadRow(int(parsed.lines[i]), reason(int(i))) for i in where[:MAX_BAD_ROWS]]
+    keep = ~refused
+    mask = pa.array(keep)
+    return _Parsed(
+        parsed.user_ids.filter(mask),
+        parsed.item_ids.filter(mask),
+        np.ascontiguousarray(seconds[keep]),
+        tuple(sorted([*parsed.bad_rows, *found], key=lambda row: row.line)[:MAX_BAD_ROWS]),
+        parsed.bad_row_count + int(where.size),
+        lines=parsed.lines[keep],
+        numeric=parsed.numeric[keep],
+        time_label=parsed.time_label,
     )
 
 

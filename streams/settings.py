@@ -45,6 +45,15 @@ class Settings(BaseSettings):
         True, description="Replace LM explanations the checker does not fully verify"
     )
     cache_dir: Path = Field(default_factory=default_cache_dir)
+    # Event logs (trail replay / evaluate)
+    time_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
+        "auto", description="Unit of plain-number timestamps in event logs (auto: from the median)"
+    )
+    time_horizon: str = Field(
+        "auto",
+        description="Event-log rows beyond this are malformed: auto, off, or a duration "
+        "before the log's 1st / after its 99th percentile time, e.g. 30d",
+    )
 
     # Kafka
     broker: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
@@ -104,6 +113,13 @@ class Settings(BaseSettings):
     @classmethod
     def _worker_duration(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("time_horizon")
+    @classmethod
+    def _horizon(cls, value: str) -> str:
+        if value not in ("auto", "off"):
+            parse_duration(value)
         return value
 
     @field_validator("window", "grace")
