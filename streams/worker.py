@@ -431,15 +431,13 @@ class PartitionProcessor:
         metrics = worker.metrics
         if not records:
             return
-        if records[0].offset <= self.offset:
-            fresh = [r for r in records if r.offset > self.offset]
-            skipped = len(records) - len(fresh)
+        fresh = _fresh(records, self.offset)
+        skipped = len(records) - len(fresh)
+        if skipped:
             self.counters.duplicates += skipped
             metrics.duplicates.inc(skipped)
             if not fresh:
                 return
-        else:
-            fresh = list(records)
         self.last_record_at = time.monotonic()
         topic = worker.settings.events_topic
         # The future bound: event times past the wall clock plus the skew are dead-lettered, so
@@ -576,6 +574,28 @@ class PartitionProcessor:
                 "idle_s": now - self.last_record_at,
             }
         )
+
+
+def _fresh(records: Sequence[Any], offset: int) -> Sequence[Any]:
+    """The records after ``offset``, each offset once, in order.
+
+    A batch is not always one increasing run: the Faust runtime can hand over records fetched
+    before a seek back followed by the same records again (``0..85, 0..85``). Checking only
+    the first record applied both copies: every event twice, the second copy late.
+    """
+    previous = offset
+    for record in records:  # one pass when the batch is one run (always, with aiokafka)
+        if record.offset <= previous:
+            break
+        previous = record.offset
+    else:
+        return records
+    out = []
+    for record in records:
+        if record.offset > offset:
+            out.append(record)
+            offset = record.offset
+    return out
 
 
 def late_reasons(

@@ -34,7 +34,14 @@ from streams.kafka_io import (
 )
 from streams.settings import Settings
 from streams.trend.windows import parse_duration
-from streams.worker import StateStore, TrendingMerger, late_reasons, merge_trending
+from streams.worker import (
+    Counters,
+    StateStore,
+    TrendingMerger,
+    Worker,
+    late_reasons,
+    merge_trending,
+)
 
 
 @pytest.mark.parametrize(
@@ -255,6 +262,39 @@ def test_late_reasons_quote_the_watermark_at_each_event() -> None:
     _, late = engine.ingest(engine.state.catalog.codes(["a"]), more, None)
     (carried,) = late_reasons(spec, more, late, before)
     assert f"partition watermark {show_time(t0 + 5 * 3600 + 1)}" in carried
+
+
+def test_a_batch_that_repeats_its_records_applies_each_once() -> None:
+    """The Faust runtime can hand the worker records fetched before a seek back followed by
+    the same records again (``0..85, 0..85``). The duplicate check looked at the first record
+    only, so both copies were applied: every event twice, the second copy late (seen on the
+    broker as 162 events applied of 81 and 82 late). The partition's real processor, with a
+    producer that batches but never connects, applies each offset once."""
+    from aiokafka import AIOKafkaProducer
+
+    async def scenario() -> tuple[object, int]:
+        settings = Settings(window="1h", scorer="ewma-2", partitions=1, metrics_port=0)
+        worker = Worker(settings, scorer_factory=scorer_factory("ewma-2", settings))
+        topics = [settings.events_topic, settings.scores_topic, settings.dlq_topic]
+        worker.topic_partitions = dict.fromkeys([*topics, worker.partials_topic], 1)
+        worker.events_partitions = 1
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")
+        worker.sender = BatchSender(producer)  # never started: nothing is sent
+        processor = worker._processor(0, None)
+        run = [
+            _record(i, b"1", orjson.dumps({"user_id": "u", "item_id": "1", "ts": 1000 + 100 * i}))
+            for i in range(86)
+        ]
+        processor.process(run + run)
+        processor.process(run[40:50] + run[80:] + run[:3])  # all seen: skipped
+        await producer.stop()
+        return processor.counters, processor.offset
+
+    counters, offset = asyncio.run(scenario())
+    assert offset == 85
+    assert counters == Counters(
+        records=86, events=86, malformed=0, late=0, windows=2, duplicates=86 + 19
+    )
 
 
 def test_dead_letter_record_round_trip() -> None:
