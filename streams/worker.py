@@ -8,7 +8,10 @@ What runs (one process; several processes form one consumer group and split the 
   (``getmany``), are decoded column-wise (:func:`~streams.kafka_io.decode_events`), and fed to
   the engine, which closes windows on the partition's event time. Each closed window's
   ScoreUpdates go to ``scores`` (key = item_id) and its partial top-N to the internal
-  ``<app_id>-trending-partials`` topic. Malformed and late records go to ``events.dlq``.
+  ``<app_id>-trending-partials`` topic. Malformed and late records go to ``events.dlq``, and
+  so do events from the future: an event time more than ``max_event_time_skew`` (5 minutes
+  by default) past the worker's clock would move the partition's watermark ahead and close
+  every window up to it, so no record moves the watermark past the clock plus that bound.
   :func:`streams.partitioning.split_log` + :func:`streams.replay.replay` reproduce a
   partition's output exactly.
 - **The trending merge.** The partials topic has one partition, all records keyed
