@@ -42,6 +42,7 @@ from model.prompts import chat_prompt
 from model.scorer import CascadeScorer
 from schemas import ItemFeatures
 from streams.trend.features import FeatureFrame
+from streams.trend.state import WindowOutcome
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -666,7 +667,7 @@ class ReloadingScorer:
     """
 
     name = "trail"
-    learns_online = False
+    learns_online = True
 
     def __init__(
         self,
@@ -679,10 +680,13 @@ class ReloadingScorer:
         guard: bool = True,
         threads: int | None = None,
     ) -> None:
+        from model.cascade import RankingStage
         from model.scorer import ExplanationGuard
 
-        # One guard across reloads, so that its counts cover the whole run.
+        # One guard and one online ranking stage across reloads: counts cover the whole run,
+        # and a new export keeps what the ranker has learned.
         self.guard = ExplanationGuard(guard)
+        self.stage = RankingStage()
 
         def load(path: Path) -> OrtTrailScorer:
             scorer = OrtTrailScorer(
@@ -694,6 +698,7 @@ class ReloadingScorer:
                 threads=threads,
             )
             scorer.guard = self.guard
+            scorer.stage = self.stage
             return scorer
 
         self.watcher = ModelWatcher(folder, load)
@@ -717,8 +722,17 @@ class ReloadingScorer:
     def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
         return self.watcher.current.explain(features, scores)
 
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
-        return None
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
+        self.stage.learn(features, outcome)
+
+    def forecast(self, features: FeatureFrame) -> tuple[FloatArray, FloatArray]:
+        return self.stage.ranker.forecast(features)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.watcher.current.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.watcher.current.load_state_dict(state)
 
     async def score_async(self, features: FeatureFrame) -> FloatArray:
         return await asyncio.to_thread(self.score, features)

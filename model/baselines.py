@@ -103,6 +103,73 @@ def trend_feature_table(features: FeatureFrame) -> pd.DataFrame:
     return pd.DataFrame(table).clip(-20.0, 20.0)
 
 
+class DecayTuned(SilentScorer):
+    """A decayed count whose half-life is picked on the windows before the one it ranks.
+
+    The candidates are the continuous-time decays (half-lives W/32 .. W) and the per-window
+    EW sums (half-lives 2, 4 and 8 windows). After each window it records, for every
+    candidate, the returning users of the next window that its top 10 would have held; it
+    ranks with the candidate that held the most over the last ``windows`` windows (the
+    shortest half-life on ties). Until a window has been judged it uses the W/4 decay.
+    """
+
+    name = "decay-tuned"
+    learns_online = True
+    #: (label, half-life in windows) of every candidate, shortest first.
+    CANDIDATES: tuple[tuple[str, float], ...] = (
+        ("decay-w32", 1 / 32),
+        ("decay-w8", 1 / 8),
+        ("decay-w4", 1 / 4),
+        ("decay-w2", 1 / 2),
+        ("decay-w1", 1.0),
+        ("ewma-2", 2.0),
+        ("ewma-4", 4.0),
+        ("ewma-8", 8.0),
+    )
+
+    def __init__(self, windows: int = 8, top: int = 10) -> None:
+        self.windows = windows
+        self.top = top
+        self._gains: list[list[float]] = []
+
+    @property
+    def version(self) -> str:
+        return f"decay-tuned@{self.windows}"
+
+    @staticmethod
+    def _columns(features: FeatureFrame) -> FloatArray:
+        windowed = [features.ew_at(h) for h in (2.0, 4.0, 8.0)]
+        return np.column_stack([features.decayed, *windowed])
+
+    def chosen(self) -> int:
+        """Index into :data:`CANDIDATES` of the half-life in use."""
+        if not self._gains:
+            return 2
+        return int(np.argmax(np.mean(self._gains, axis=0)))
+
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
+        if len(features) == 0:
+            return
+        columns = self._columns(features)
+        tie = np.arange(len(features))
+        gains = []
+        for j in range(columns.shape[1]):
+            best = np.lexsort((tie, -columns[:, j]))[: self.top]
+            gains.append(float(outcome.returning[best].sum()))
+        self._gains = [*self._gains, gains][-self.windows :]
+
+    def score(self, features: FeatureFrame) -> FloatArray:
+        return np.log1p(self._columns(features)[:, self.chosen()])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": "decay-tuned@1", "gains": self._gains}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != "decay-tuned@1":
+            raise ValueError(f"decay-tuned state format {state.get('format')!r} is unknown")
+        self._gains = [list(map(float, g)) for g in state["gains"]]
+
+
 RIVER_STATE_FORMAT = "river-linear-adam@1"
 
 
@@ -201,4 +268,5 @@ BASELINES: dict[str, Callable[[], SilentScorer]] = {
     "ewma-4": lambda: EWMA(4),
     "linear-trend": LinearTrend,
     "river": RiverRegressor,
+    "decay-tuned": DecayTuned,
 }

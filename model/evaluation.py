@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from scipy import stats
 
@@ -26,9 +27,18 @@ from streams.engine import Engine, EngineConfig, WindowResult
 from streams.publish import PredictionsWriter, Publisher
 from streams.replay import EvaluationWindows, ReplaySummary, replay
 from streams.scoring import Scorer
-from streams.trend.features import TREND_CATEGORIES
+from streams.trend.features import TREND_CATEGORIES, FeatureFrame
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.int64]
 
 KS = (5, 10, 20)
+
+
+#: The classic baselines of the protocol: the rules a learned ranking must beat.
+CLASSIC_BASELINES = ("mostpop", "last-window", "ewma-1", "ewma-2", "ewma-4", "linear-trend")
+#: How many of each window's best items the forecast errors are measured on (what is printed).
+FORECAST_TOP = 10
 
 
 @dataclass
@@ -39,14 +49,36 @@ class WindowRecord:
     scores: dict[str, float]
     trend: dict[str, str]
     explained: list[tuple[Any, str, float]] = field(default_factory=list)
+    #: Forecasts for the top items: item -> (next-window events, next returning users or NaN).
+    forecasts: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def forecasts_of(
+    scorer: Scorer, features: FeatureFrame, scores: FloatArray, positions: IndexArray
+) -> tuple[FloatArray, FloatArray]:
+    """Next-window event and returning-user forecasts of ``positions``.
+
+    Scorers with a ``forecast`` method (the online ranker, TRAIL) give calibrated numbers;
+    for the others the score is read as the ``log(1 + count)`` it stands for, and they make
+    no returning-user forecast (NaN).
+    """
+    forecast = getattr(scorer, "forecast", None)
+    if callable(forecast):
+        counts, returning = forecast(features.take(positions))
+        return np.asarray(counts, dtype=np.float64), np.asarray(returning, dtype=np.float64)
+    counts = np.maximum(np.expm1(scores[positions]), 0.0)
+    return counts, np.full(positions.shape[0], np.nan)
 
 
 class RankingCollector:
     """Publisher that keeps the rankings, scores and item groups of the evaluated windows."""
 
-    def __init__(self, windows: EvaluationWindows, depth: int) -> None:
+    def __init__(
+        self, windows: EvaluationWindows, depth: int, scorer: Scorer | None = None
+    ) -> None:
         self.windows = windows
         self.depth = depth
+        self.scorer = scorer
         self.records: dict[int, WindowRecord] = {}
 
     def publish(self, result: WindowResult) -> None:
@@ -63,6 +95,13 @@ class RankingCollector:
             record.explained.append(
                 (features.record(position), text, float(result.scores[position]))
             )
+        if self.scorer is not None:
+            top = result.order[:FORECAST_TOP]
+            counts, returning = forecasts_of(self.scorer, features, result.scores, top)
+            record.forecasts = {
+                ids[int(p)]: (float(c), float(r))
+                for p, c, r in zip(top.tolist(), counts, returning, strict=True)
+            }
         self.records[result.window.end] = record
 
     def close(self) -> None:
@@ -76,6 +115,66 @@ class ScorerReport:
     metrics: dict[str, Any]
     hr10_per_window: dict[int, float]
     summary: ReplaySummary
+    #: HR@10 and NDCG@10 of every (user, window) pair, in the same pair order for every
+    #: scorer of one evaluation (for paired comparisons).
+    pair_hr10: FloatArray = field(default_factory=lambda: np.zeros(0))
+    pair_ndcg10: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+
+def _forecast_errors(
+    records: Mapping[int, WindowRecord],
+    targets: Sequence[Target],
+    log: EventLog,
+    window_seconds: int,
+) -> dict[str, float]:
+    """Mean absolute error of the top items' forecasts: next-window events, and next-window
+    returning users (the eligible users of the protocol who touched the item)."""
+    ts = np.asarray(log.timestamps)
+    count_errors: list[float] = []
+    returning_errors: list[float] = []
+    for target in targets:
+        record = records.get(target.window_end)
+        if record is None or not record.forecasts:
+            continue
+        in_next = (ts >= target.window_end) & (ts < target.window_end + window_seconds)
+        ids, counts = np.unique(log.item_ids[in_next], return_counts=True)
+        next_counts = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+        returning: dict[str, int] = {}
+        for items in target.relevant.values():
+            for item in items:
+                returning[item] = returning.get(item, 0) + 1
+        for item, (count, users) in record.forecasts.items():
+            count_errors.append(abs(count - next_counts.get(item, 0)))
+            if not math.isnan(users):
+                returning_errors.append(abs(users - returning.get(item, 0)))
+    return {
+        "MAE@10_count": float(np.mean(count_errors)) if count_errors else float("nan"),
+        "MAE@10_returning": float(np.mean(returning_errors))
+        if returning_errors
+        else float("nan"),
+    }
+
+
+def paired_ratio_interval(
+    numerator: FloatArray, denominator: FloatArray, *, samples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``mean(numerator) / mean(denominator)`` and its 95% paired bootstrap interval: the
+    same resampled (user, window) pairs in both means.
+
+    >>> a, b = np.array([1.0, 0.0, 1.0, 1.0]), np.array([1.0, 0.0, 0.0, 1.0])
+    >>> round(paired_ratio_interval(a, b)[0], 3)
+    1.5
+    """
+    if numerator.shape != denominator.shape or numerator.size == 0 or denominator.sum() == 0:
+        return (float("nan"), float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(samples)
+    for i in range(samples):
+        picked = rng.integers(0, numerator.size, numerator.size)
+        below = denominator[picked].mean()
+        ratios[i] = numerator[picked].mean() / below if below > 0 else np.nan
+    ratio = float(numerator.mean() / denominator.mean())
+    return (ratio, float(np.nanquantile(ratios, 0.025)), float(np.nanquantile(ratios, 0.975)))
 
 
 def _spearman(
@@ -146,7 +245,7 @@ def evaluate_scorer(
     progress: bool = True,
 ) -> ScorerReport:
     """Replay ``log`` with ``scorer`` and score its rankings against ``targets``."""
-    collector = RankingCollector(windows, depth)
+    collector = RankingCollector(windows, depth, scorer)
     publishers: list[Publisher] = [collector]
     if predictions_out is not None:
         publishers.append(
@@ -196,6 +295,9 @@ def evaluate_scorer(
     metrics["HR@10_warm"] = warm_pairs.mean("HR", 10)
     metrics["pairs_warm"] = int(warm_pairs.hr[10].size)
     metrics.update(_explanation_metrics(collector.records))
+    metrics.update(
+        _forecast_errors(collector.records, targets, log, config.trend.window.length)
+    )
     if guard is not None:
         metrics.update(guard.report())
     per_window = {
@@ -203,7 +305,9 @@ def evaluate_scorer(
         for end in sorted(rankings)
         if (pairs.window_end == end).any()
     }
-    return ScorerReport(scorer.name, scorer.version, metrics, per_window, summary)
+    return ScorerReport(
+        scorer.name, scorer.version, metrics, per_window, summary, pairs.hr[10], pairs.ndcg[10]
+    )
 
 
 def _with_unseen(
@@ -221,14 +325,44 @@ class EvaluationReport:
     windows: EvaluationWindows
     reports: list[ScorerReport]
 
+    def best_baseline(self) -> ScorerReport | None:
+        """The classic baseline with the highest HR@10 among the evaluated scorers."""
+        classic = [r for r in self.reports if r.name in CLASSIC_BASELINES]
+        return max(classic, key=lambda r: r.metrics["HR@10"], default=None)
+
+    def ratios(self) -> dict[str, dict[str, Any]]:
+        """Each scorer's HR@10 and NDCG@10 over the best classic baseline's, with paired
+        bootstrap intervals over the (user, window) pairs."""
+        best = self.best_baseline()
+        if best is None:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for report in self.reports:
+            hr = paired_ratio_interval(report.pair_hr10, best.pair_hr10)
+            ndcg = paired_ratio_interval(report.pair_ndcg10, best.pair_ndcg10)
+            out[report.name] = {
+                "baseline": best.name,
+                "HR@10_ratio": hr[0],
+                "HR@10_ratio_ci": [hr[1], hr[2]],
+                "NDCG@10_ratio": ndcg[0],
+                "NDCG@10_ratio_ci": [ndcg[1], ndcg[2]],
+            }
+        return out
+
     def to_json(self) -> dict[str, Any]:
+        ratios = self.ratios()
+        best = self.best_baseline()
         return {
             "dataset": self.dataset,
+            "best_baseline": None if best is None else best.name,
             "window_seconds": self.window_seconds,
             "test_windows": len(self.windows),
             "first_window_end": (self.windows.first + 1) * self.window_seconds,
             "last_window_end": (self.windows.last + 1) * self.window_seconds,
-            "results": {r.name: {**r.metrics, "model_version": r.version} for r in self.reports},
+            "results": {
+                r.name: {**r.metrics, **ratios.get(r.name, {}), "model_version": r.version}
+                for r in self.reports
+            },
             "hr10_per_window": {
                 r.name: {str(k): v for k, v in r.hr10_per_window.items()} for r in self.reports
             },
@@ -236,21 +370,37 @@ class EvaluationReport:
 
     def table(self) -> str:
         """The human-readable table (also the body of the Markdown report)."""
+        ratios = self.ratios()
         head = (
-            "| scorer | HR@5 | HR@10 | HR@10 95% CI | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 "
-            "| Spearman | rising | falling | steady | new/cold | warm | faithful | contra | pairs |"
+            "| scorer | HR@5 | HR@10 | HR@10 95% CI | x best baseline [95% CI] | HR@20 | NDCG@5 "
+            "| NDCG@10 | NDCG@20 | Spearman | rising | falling | steady | new/cold | warm "
+            "| faithful | contra | MAE@10 events | MAE@10 returning | pairs |"
         )
-        lines = [head, "|" + "---|" * 17]
+        lines = [head, "|" + "---|" * 20]
         for r in self.reports:
             m = r.metrics
             lo, hi = m["HR@10_ci"]
+            ratio = ratios.get(r.name)
+            relative = (
+                "-"
+                if ratio is None
+                else f"{_f(ratio['HR@10_ratio'], 2)}x [{_f(ratio['HR@10_ratio_ci'][0], 2)}, "
+                f"{_f(ratio['HR@10_ratio_ci'][1], 2)}]"
+            )
             lines.append(
                 f"| {r.name} | {_f(m['HR@5'])} | {_f(m['HR@10'])} | [{_f(lo)}, {_f(hi)}] "
-                f"| {_f(m['HR@20'])} | {_f(m['NDCG@5'])} | {_f(m['NDCG@10'])} "
+                f"| {relative} | {_f(m['HR@20'])} | {_f(m['NDCG@5'])} | {_f(m['NDCG@10'])} "
                 f"| {_f(m['NDCG@20'])} | {_f(m['spearman'])} | {_f(m['HR@10_rising'])} "
                 f"| {_f(m['HR@10_falling'])} | {_f(m['HR@10_steady'])} | {_f(m['HR@10_new'])} "
                 f"| {_f(m['HR@10_warm'])} | {_f(m.get('faithfulness'))} "
-                f"| {_f(m.get('contradiction_rate'))} | {m['pairs']} |"
+                f"| {_f(m.get('contradiction_rate'))} | {_f(m.get('MAE@10_count'), 2)} "
+                f"| {_f(m.get('MAE@10_returning'), 2)} | {m['pairs']} |"
+            )
+        best = self.best_baseline()
+        if best is not None:
+            lines.append(
+                f"\nRatios are to the best classic baseline here, {best.name}, with paired "
+                "bootstrap intervals over (user, window) pairs."
             )
         return "\n".join(lines)
 
@@ -264,8 +414,9 @@ class EvaluationReport:
         )
 
     def plot(self, path: Path) -> None:
-        """PNG of HR@10 per evaluated window, one line per scorer."""
-        plot_hr10_per_window(self.dataset, {r.name: r.hr10_per_window for r in self.reports}, path)
+        """PNG of each scorer's HR@10 with its interval, the best classic baseline marked."""
+        data = self.to_json()
+        plot_hr10_intervals(self.dataset, data["results"], data["best_baseline"], path)
 
     def write(
         self, json_path: Path | None, markdown_path: Path | None, plot_path: Path | None
@@ -284,10 +435,10 @@ class EvaluationReport:
             self.plot(plot_path)
 
 
-def _f(value: float | None) -> str:
+def _f(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.4f}"
+    return f"{value:.{digits}f}"
 
 
 def evaluate(
@@ -324,30 +475,42 @@ def evaluate(
     return EvaluationReport(log.name, window_seconds, windows, reports)
 
 
-def plot_hr10_per_window(
-    dataset: str, per_window: Mapping[str, Mapping[int, float]], path: Path
+def plot_hr10_intervals(
+    dataset: str, results: Mapping[str, Mapping[str, Any]], best_baseline: str | None, path: Path
 ) -> None:
-    """PNG of HR@10 per evaluated window (window end, unix s), one line per scorer."""
+    """PNG of each scorer's HR@10 with its 95% bootstrap interval, best first; the best
+    classic baseline's value is a dashed line, so "above the rule" reads at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(9, 4.5))
-    for name, values in per_window.items():
-        ends = sorted(values)
-        axes.plot(
-            [np.datetime64(int(e), "s") for e in ends],
-            [values[e] for e in ends],
-            marker="o",
-            label=name,
+    rows = sorted(
+        ((name, m) for name, m in results.items() if not math.isnan(m.get("HR@10", math.nan))),
+        key=lambda item: item[1]["HR@10"],
+    )
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    for y, (name, metrics) in enumerate(rows):
+        lo, hi = metrics.get("HR@10_ci", [math.nan, math.nan])
+        value = metrics["HR@10"]
+        colour = "tab:red" if name == best_baseline else (
+            "tab:blue" if name in (*CLASSIC_BASELINES, "decay-tuned", "river") else "tab:green"
         )
-    axes.set_title(f"HR@10 per window: {dataset}")
-    axes.set_ylabel("HR@10")
-    axes.set_xlabel("end of the ranked window")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.autofmt_xdate()
+        axes.errorbar(
+            value, y, xerr=[[value - lo], [hi - value]], fmt="o", color=colour, capsize=3
+        )
+        ratio = metrics.get("HR@10_ratio")
+        label = f"{value:.4f}" + (f"  ({ratio:.2f}x)" if ratio is not None else "")
+        axes.annotate(label, (hi, y), xytext=(6, -3), textcoords="offset points", fontsize=8)
+    if best_baseline in results:
+        axes.axvline(results[best_baseline]["HR@10"], color="tab:red", linestyle="--", lw=1)
+    axes.set_yticks(range(len(rows)), [name for name, _ in rows])
+    axes.set_xlabel("HR@10 with 95% bootstrap interval (ratio to the best classic baseline)")
+    axes.set_title(
+        f"{dataset}: HR@10 per scorer (dashed: best classic baseline, {best_baseline})"
+    )
+    axes.grid(axis="x", alpha=0.3)
+    axes.margins(x=0.25)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -21,10 +21,21 @@ SCORER_NAMES = (
     "ewma-4",
     "linear-trend",
     "river",
+    "decay-tuned",
+    "ranker",
+    "ranker-count-label",
+    "ranker-no-subwindow",
     "base-lm",
     "trail",
 )
 BASELINE_NAMES = tuple(BASELINES)
+#: The online ranker and its ablations: the label HR@10 counts, or the sub-window signals,
+#: taken away one at a time.
+RANKERS: dict[str, dict[str, object]] = {
+    "ranker": {},
+    "ranker-count-label": {"label": "count"},
+    "ranker-no-subwindow": {"subwindow": False},
+}
 
 
 class UnknownScorerError(ValueError):
@@ -35,8 +46,18 @@ def scorer_factory(name: str, settings: Settings) -> Callable[[], Scorer]:
     """A zero-argument constructor for scorer ``name`` configured by ``settings``."""
     if name in BASELINES:
         return BASELINES[name]
+    if name in RANKERS:
+        from model.ranker import OnlineRanker, RankerConfig
+
+        config = RankerConfig(**RANKERS[name])  # type: ignore[arg-type]
+        return lambda: _named(OnlineRanker(config), name)
     if name in ("trail", "base-lm"):
         from model.scorer import language_model_scorer_factory
 
         return language_model_scorer_factory(name, settings)
     raise UnknownScorerError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORER_NAMES)}")
+
+
+def _named(scorer: Scorer, name: str) -> Scorer:
+    scorer.name = name
+    return scorer

@@ -1,11 +1,10 @@
 """Language-model scorers behind the engine's Scorer protocol: TRAIL and the untuned base LM.
 
-Both run a cascade: a recency prior (:mod:`model.priors`; TRAIL uses the one its adapter was
-trained on) scores every item seen so far, which is cheap and vectorised; only the
-``rescore_top`` best go through the LM.
-The LM's scores are on the same scale as the prior, so the merged ranking needs no calibration.
-The cost of a window therefore grows with ``rescore_top`` and the number of explanations,
-never with the catalog.
+TRAIL runs a cascade: the online learned ranker (:mod:`model.cascade`) scores every item seen
+so far, which is cheap and vectorised; only its ``rescore_top`` best go through the LM, whose
+residual over its recency prior (:mod:`model.priors`) is blended in as far as it has helped on
+past windows. The base LM re-scores the top of the EW-mean prior zero-shot. The cost of a
+window grows with ``rescore_top`` and the number of explanations, never with the catalog.
 """
 
 from __future__ import annotations
@@ -20,11 +19,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from model.cascade import RankingStage, blended
 from model.explain import complete_sentences
 from model.priors import prior_scores
 from streams.scoring import Scorer
 from streams.settings import Settings
 from streams.trend.features import FeatureFrame
+from streams.trend.state import WindowOutcome
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -91,37 +92,69 @@ class ExplanationGuard:
 class CascadeScorer:
     """The cascade shared by the PyTorch and ONNX TRAIL scorers.
 
-    The prior ranks every item; ``_rescore`` (the LM) replaces the scores of the prior's top
-    ``rescore_top``; explanations pass the :class:`ExplanationGuard`. Subclasses set
-    ``model`` (with ``explain(records, scores)``), ``guard``, ``rescore_top`` and ``prior``
-    (the one the model's score head was trained on).
+    The online ranker (:class:`model.cascade.RankingStage`) orders every item; ``_rescore``
+    (the LM) re-scores the ranker's top ``rescore_top``, and the LM's residual over its prior
+    moves their scores as far as :class:`model.cascade.ResidualBlend` has found it helps on
+    past windows. Explanations carry the ranker's calibrated count forecast and pass the
+    :class:`ExplanationGuard`. Subclasses set ``model`` (with ``explain(records, scores)``),
+    ``guard``, ``rescore_top`` and ``prior`` (the one the model's score head was trained on);
+    ``stage`` may be shared between scorers (hot reload keeps what was learned).
     """
 
     name = "trail"
-    learns_online = False
+    learns_online = True
     model: Any
     guard: ExplanationGuard
     rescore_top: int
     prior: str
 
+    @property
+    def stage(self) -> RankingStage:
+        stage: RankingStage | None = self.__dict__.get("_stage")
+        if stage is None:
+            stage = self.__dict__["_stage"] = RankingStage()
+        return stage
+
+    @stage.setter
+    def stage(self, stage: RankingStage) -> None:
+        self.__dict__["_stage"] = stage
+
     def _rescore(self, records: list[Any]) -> FloatArray:
         raise NotImplementedError
 
     def score(self, features: FeatureFrame) -> FloatArray:
-        scores = prior_scores(features, self.prior)
+        scores = self.stage.ranker.score(features).copy()
         top = np.argsort(-scores, kind="stable")[: self.rescore_top]
         if top.size:
-            scores = scores.copy()
-            scores[top] = self._rescore([features.record(int(p)) for p in top])
+            lm = self._rescore([features.record(int(p)) for p in top])
+            residuals = lm - prior_scores(features.take(top), self.prior)
+            ids = [str(features.item_ids[p]) for p in top]
+            self.stage.blend.remember(features.window_end, ids, scores[top], residuals)
+            scores[top] = blended(scores[top], residuals, self.stage.blend.alpha)
         return scores
 
     def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
         records = features.records()
-        values = [float(s) for s in scores]
-        return list(self.guard.apply(records, values, self.model.explain(records, values)))
+        # The forecast a reader sees is the calibrated count, not the ranking score.
+        counts, _ = self.forecast(features)
+        forecasts = [float(np.log1p(c)) for c in counts]
+        return list(self.guard.apply(records, forecasts, self.model.explain(records, forecasts)))
 
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
-        return None
+    def forecast(self, features: FeatureFrame) -> tuple[FloatArray, FloatArray]:
+        """The online ranker's calibrated next-window events and returning users."""
+        return self.stage.ranker.forecast(features)
+
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
+        self.stage.learn(features, outcome)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The online stage's state (the LM's weights are files, named by ``version``)."""
+        return {"format": "trail-cascade@1", "stage": self.stage.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != "trail-cascade@1":
+            raise ValueError(f"TRAIL cascade state format {state.get('format')!r} is unknown")
+        self.stage.load_state_dict(state["stage"])
 
 
 class TrailScorer(CascadeScorer):
@@ -193,7 +226,7 @@ class BaseLMScorer:
     def explain(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
         return [self._answers.get(str(item_id)) for item_id in features.item_ids]
 
-    def learn(self, features: FeatureFrame, next_counts: FloatArray) -> None:
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
         return None
 
 

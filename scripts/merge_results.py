@@ -3,7 +3,9 @@
 Lets one scorer be re-run (a retrained TRAIL adapter, say) without re-running the others.
 Both files must describe the same dataset, window length and test windows, or nothing is
 written. Scorers present in both are replaced by the newer file's results. The HR@10 plot
-beside INTO (same name, .png) is drawn again from the merged results.
+beside INTO (same name, .png) is drawn again from the merged results. Ratios to the best
+classic baseline are paired over (user, window) pairs, so a merged scorer keeps them only if
+its own run had the same best baseline.
 
 Usage: python scripts/merge_results.py INTO.json FROM.json
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.evaluation import plot_hr10_per_window  # noqa: E402
+from model.evaluation import plot_hr10_intervals  # noqa: E402
 
 PROTOCOL = ("dataset", "window_seconds", "test_windows", "first_window_end", "last_window_end")
 
@@ -40,11 +42,15 @@ def main() -> int:
     for section in ("results", "hr10_per_window"):
         into[section].update(new[section])
     into_path.write_text(json.dumps(into, indent=2) + "\n")
-    per_window = {
-        name: {int(end): hr for end, hr in values.items()}
-        for name, values in into["hr10_per_window"].items()
-    }
-    plot_hr10_per_window(into["dataset"], per_window, into_path.with_suffix(".png"))
+    # Ratios to the best baseline need both runs' pairs: the merged scorers keep the ratios
+    # of their own run only when that run's best baseline is the merged file's.
+    for name, metrics in new["results"].items():
+        if metrics.get("baseline") not in (None, into.get("best_baseline")):
+            for key in ("HR@10_ratio", "HR@10_ratio_ci", "NDCG@10_ratio", "NDCG@10_ratio_ci"):
+                into["results"][name].pop(key, None)
+    plot_hr10_intervals(
+        into["dataset"], into["results"], into.get("best_baseline"), into_path.with_suffix(".png")
+    )
     print(f"merged {', '.join(new['results'])} into {into_path} (plot redrawn)")
     return 0
 

@@ -30,14 +30,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from streams.trend.packing import pack_array, unpack_array
 from streams.trend.stats import DecayingMeans, RecentCounts, grown
 from streams.trend.users import (
     HashArray,
     SeenUsers,
-    pack_array,
     seen_users,
     seen_users_from_state_dict,
-    unpack_array,
 )
 
 FloatArray = npt.NDArray[np.float64]

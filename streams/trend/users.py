@@ -15,15 +15,15 @@ Both round-trip through plain dicts (no pickle).
 
 from __future__ import annotations
 
-import base64
 import math
-import zlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+from streams.trend.packing import pack_array, unpack_array
 
 HashArray = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
@@ -199,14 +199,3 @@ def seen_users_from_state_dict(data: Mapping[str, Any]) -> SeenUsers:
     if data.get("kind") == "bloom":
         return BloomSeenUsers.from_state_dict(data)
     raise ValueError(f"unknown seen-user set kind {data.get('kind')!r}")
-
-
-def pack_array(values: npt.NDArray[Any]) -> str:
-    # Compressed little-endian bytes in base64: a few MB of hashes stay a short JSON string.
-    little = values.astype(values.dtype.newbyteorder("<"), copy=False)
-    return base64.b64encode(zlib.compress(little.tobytes(), 1)).decode("ascii")
-
-
-def unpack_array(text: str, dtype: type) -> npt.NDArray[Any]:
-    raw = zlib.decompress(base64.b64decode(text))
-    return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)

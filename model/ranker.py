@@ -1,0 +1,300 @@
+"""The online learned ranker: LightGBM lambdarank over the trend signals, refit every window.
+
+At each window close the engine shows the ranker the previous window's features with what
+happened next; the ranker turns them into one query group (its candidates, their features,
+and the label: distinct *returning* users of the item in the next window, which is what HR@10
+counts, capped at :data:`LABEL_CAP`) and keeps the last ``span`` groups. The next time it is
+asked to score, it refits on those groups (never on the window it ranks: that window's label
+does not exist yet) and ranks the window's candidates; every other item keeps a score below
+every candidate, in the order of its EW mean. There is no offline step: the ranker adapts to
+any log and to a live stream, and until it has seen ``min_windows`` labelled windows it ranks
+by the EW mean alone.
+
+Its state (the training groups, and the fitted model in LightGBM's own text format) is plain
+data: a worker checkpoints it and a restored ranker refits to the identical model (one
+thread, fixed seeds, deterministic LightGBM), so kill -9 recovery stays exact. No pickle.
+
+Two small LightGBM models fitted on the same rows (L1 loss on the next window's events and
+on its returning users) give calibrated forecasts: :meth:`OnlineRanker.forecast`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm
+import numpy as np
+import numpy.typing as npt
+
+from model.ranker_features import candidate_positions, feature_matrix, recently_active
+from streams.scoring import SilentScorer
+from streams.trend.features import FeatureFrame
+from streams.trend.packing import pack_array, unpack_array
+from streams.trend.state import WindowOutcome
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.int64]
+
+RANKER_STATE_FORMAT = "trail-online-ranker@1"
+#: Labels above this count as this much: a few huge items must not drown every other pair.
+LABEL_CAP = 30
+#: Non-candidates score below every candidate by at least this much.
+_BELOW_CANDIDATES = 1.0e3
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """How the online ranker learns; frozen so a running ranker cannot drift.
+
+    ``label`` is ``returning`` (distinct returning users next window, the default) or
+    ``count`` (next-window events: the ablation); ``subwindow=False`` drops the sub-window
+    features (the other ablation).
+    """
+
+    span: int = 36
+    candidates: int = 200
+    min_windows: int = 4
+    trees: int = 300
+    learning_rate: float = 0.05
+    leaves: int = 15
+    min_leaf_rows: int = 20
+    label: str = "returning"
+    subwindow: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.label not in ("returning", "count"):
+            raise ValueError(f"ranker label {self.label!r}: use 'returning' or 'count'")
+        if self.span < 1 or self.candidates < 1 or self.min_windows < 1:
+            raise ValueError("ranker span, candidates and min_windows must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @property
+    def tag(self) -> str:
+        """A short fingerprint of the settings (part of the scorer's version)."""
+        text = repr(sorted(self.to_dict().items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class TrainingGroup:
+    """One labelled window: its candidates' features, labels and next-window counts."""
+
+    window_end: int
+    features: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int32]
+    next_counts: npt.NDArray[np.float32]
+    next_returning: npt.NDArray[np.float32]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "window_end": self.window_end,
+            "columns": int(self.features.shape[1]),
+            "features": pack_array(self.features),
+            "labels": pack_array(self.labels),
+            "next_counts": pack_array(self.next_counts),
+            "next_returning": pack_array(self.next_returning),
+        }
+
+    @classmethod
+    def from_state_dict(cls, data: dict[str, Any]) -> TrainingGroup:
+        features = unpack_array(data["features"], np.float32).reshape(-1, int(data["columns"]))
+        return cls(
+            int(data["window_end"]),
+            features,
+            unpack_array(data["labels"], np.int32),
+            unpack_array(data["next_counts"], np.float32),
+            unpack_array(data["next_returning"], np.float32),
+        )
+
+
+class OnlineRanker(SilentScorer):
+    """LightGBM lambdarank on the trend features, label = next window's returning users.
+
+    >>> ranker = OnlineRanker(RankerConfig(min_windows=2))
+    >>> ranker.name, ranker.version.startswith("ranker@")
+    ('ranker', True)
+    """
+
+    name = "ranker"
+    learns_online = True
+
+    def __init__(self, config: RankerConfig | None = None) -> None:
+        self.config = config or RankerConfig()
+        self._groups: collections.deque[TrainingGroup] = collections.deque(
+            maxlen=self.config.span
+        )
+        self._ranker: lightgbm.Booster | None = None
+        self._counter: lightgbm.Booster | None = None
+        self._returner: lightgbm.Booster | None = None
+        self._fitted_on: tuple[int, ...] = ()
+        self.columns: list[str] = []
+        #: Seconds of each refit (fit plus predict), for benchmarks and logs.
+        self.fit_seconds: list[float] = []
+
+    @property
+    def version(self) -> str:
+        return f"ranker@{self.config.tag}"
+
+    # ---------------------------------------------------------------- learning
+    def _label(self, outcome: WindowOutcome) -> FloatArray:
+        values = outcome.returning if self.config.label == "returning" else outcome.counts
+        return values
+
+    def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
+        """Keep the window's candidates with their labels (the fit waits for :meth:`score`)."""
+        active = recently_active(features)
+        if active.shape[0] == 0:
+            return
+        frame = features.take(active)
+        labels = self._label(outcome.take(active))
+        positions = candidate_positions(frame, self.config.candidates)
+        if positions.shape[0] < 2:
+            return
+        matrix, self.columns = feature_matrix(frame, positions, subwindow=self.config.subwindow)
+        self._groups.append(
+            TrainingGroup(
+                window_end=features.window_end,
+                features=matrix,
+                labels=np.minimum(np.rint(labels[positions]), LABEL_CAP).astype(np.int32),
+                next_counts=outcome.counts[active][positions].astype(np.float32),
+                next_returning=outcome.returning[active][positions].astype(np.float32),
+            )
+        )
+
+    def _params(self, objective: str) -> dict[str, Any]:
+        config = self.config
+        params: dict[str, Any] = {
+            "objective": objective,
+            "learning_rate": config.learning_rate,
+            "num_leaves": config.leaves,
+            "min_data_in_leaf": config.min_leaf_rows,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "feature_fraction": 0.8,
+            "num_threads": 1,
+            "deterministic": True,
+            "force_row_wise": True,
+            "seed": config.seed,
+            "verbosity": -1,
+        }
+        if objective == "lambdarank":
+            params["label_gain"] = list(range(LABEL_CAP + 1))
+            params["lambdarank_truncation_level"] = LABEL_CAP
+        return params
+
+    def _fit(self) -> None:
+        started = time.perf_counter()
+        groups = list(self._groups)
+        features = np.concatenate([g.features for g in groups])
+        labels = np.concatenate([g.labels for g in groups])
+        sizes = [g.labels.shape[0] for g in groups]
+        data = lightgbm.Dataset(
+            features, labels, group=sizes, feature_name=self.columns, free_raw_data=True
+        )
+        self._ranker = lightgbm.train(
+            self._params("lambdarank"), data, num_boost_round=self.config.trees
+        )
+        rounds = max(50, self.config.trees // 3)
+        counts = np.concatenate([g.next_counts for g in groups])
+        count_data = lightgbm.Dataset(features, counts, feature_name=self.columns)
+        self._counter = lightgbm.train(self._params("l1"), count_data, num_boost_round=rounds)
+        returning = np.concatenate([g.next_returning for g in groups])
+        returning_data = lightgbm.Dataset(features, returning, feature_name=self.columns)
+        self._returner = lightgbm.train(
+            self._params("l1"), returning_data, num_boost_round=rounds
+        )
+        self._fitted_on = tuple(g.window_end for g in groups)
+        self.fit_seconds.append(time.perf_counter() - started)
+
+    @property
+    def ready(self) -> bool:
+        return len(self._groups) >= self.config.min_windows
+
+    def _refit_if_needed(self) -> None:
+        if self.ready and self._fitted_on != tuple(g.window_end for g in self._groups):
+            self._fit()
+
+    # ----------------------------------------------------------------- scoring
+    def score(self, features: FeatureFrame) -> FloatArray:
+        fallback = np.log1p(features.ew_at(1.0))
+        self._refit_if_needed()
+        if self._ranker is None:
+            return fallback
+        active = recently_active(features)
+        frame = features.take(active)
+        positions = candidate_positions(frame, self.config.candidates)
+        scores = fallback - _BELOW_CANDIDATES
+        if positions.shape[0]:
+            matrix, _ = feature_matrix(frame, positions, subwindow=self.config.subwindow)
+            predicted = np.asarray(self._ranker.predict(matrix, num_threads=1), dtype=np.float64)
+            scores[active[positions]] = predicted
+        return scores
+
+    def forecast(self, features: FeatureFrame) -> tuple[FloatArray, FloatArray]:
+        """Next-window events and returning users per item, calibrated: L1 loss on past
+        windows (median-unbiased), on the same features and rows as the ranker.
+
+        Before the first fit, and for items without events in the recent windows, the
+        forecast is the EW mean (half-life one window) of events and of returning users.
+        """
+        counts = features.ew_at(1.0).copy()
+        returning = features.returning_ew.copy()
+        self._refit_if_needed()
+        if self._counter is None or self._returner is None:
+            return counts, returning
+        active = recently_active(features)
+        if active.shape[0]:
+            frame = features.take(active)
+            positions = np.arange(len(frame), dtype=np.int64)
+            matrix, _ = feature_matrix(frame, positions, subwindow=self.config.subwindow)
+            predicted = np.asarray(self._counter.predict(matrix, num_threads=1))
+            counts[active] = np.maximum(predicted, 0.0)
+            predicted = np.asarray(self._returner.predict(matrix, num_threads=1))
+            returning[active] = np.maximum(predicted, 0.0)
+        return counts, returning
+
+    # ------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """The training groups and fitted models as plain data (no pickle)."""
+        return {
+            "format": RANKER_STATE_FORMAT,
+            "lightgbm": lightgbm.__version__,
+            "config": self.config.to_dict(),
+            "columns": list(self.columns),
+            "groups": [g.state_dict() for g in self._groups],
+            "ranker": None if self._ranker is None else self._ranker.model_to_string(),
+            "counter": None if self._counter is None else self._counter.model_to_string(),
+            "returner": None if self._returner is None else self._returner.model_to_string(),
+            "fitted_on": list(self._fitted_on),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output (same format and settings)."""
+        if state.get("format") != RANKER_STATE_FORMAT:
+            raise ValueError(
+                f"ranker state format {state.get('format')!r} is not {RANKER_STATE_FORMAT!r}"
+            )
+        if state.get("config") != self.config.to_dict():
+            raise ValueError("ranker state was written with other ranker settings")
+        self.columns = list(state["columns"])
+        self._groups = collections.deque(
+            (TrainingGroup.from_state_dict(g) for g in state["groups"]), maxlen=self.config.span
+        )
+        self._ranker = (
+            None if state["ranker"] is None else lightgbm.Booster(model_str=state["ranker"])
+        )
+        self._counter = (
+            None if state["counter"] is None else lightgbm.Booster(model_str=state["counter"])
+        )
+        self._returner = (
+            None if state["returner"] is None else lightgbm.Booster(model_str=state["returner"])
+        )
+        self._fitted_on = tuple(int(v) for v in state["fitted_on"])
+
