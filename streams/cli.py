@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("streams.cli", "replay an event log through the engine, no broker"),
     "evaluate": ("streams.cli", "evaluate scorers on an event log (HR@K, NDCG@K, ...)"),
-    "widget": ("streams.widget", "serve the live trending page and embeddable widget (SSE)"),
+    "widget": ("streams.widget.cli", "serve the live trending page and embeddable widget (SSE)"),
     "model": ("model.cli_model", "manage the base language model (fetch)"),
     "train": ("model.cli_train", "fine-tune a TRAIL adapter on window snapshots"),
     "worker": ("streams.worker", "run the Kafka worker: events -> engine -> scores, trending"),

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from streams.widget import MAX_REQUEST_HEAD_BYTES, TrendingHub, create_app
+from streams.widget.app import create_app
+from streams.widget.hub import TrendingHub
+from streams.widget.protocol import MAX_REQUEST_HEAD_BYTES
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from schemas import TrendingItem, TrendingSnapshot
-from streams.widget import Subscriber, SubscriberClosed, TrendingHub, sse_message
+from streams.widget.hub import Subscriber, SubscriberClosed, TrendingHub, sse_message
 
 WEEK = 604_800
 
