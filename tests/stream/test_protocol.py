@@ -13,7 +13,9 @@ import gzip
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -27,10 +29,12 @@ BASELINES = ["mostpop", "last-window", "ewma-1", "ewma-2", "ewma-4", "linear-tre
 
 
 @pytest.fixture(scope="module")
-def beauty_slice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple]]:
-    """The last 14 months of amazon-beauty: a small real log."""
+def beauty_slice(
+    tmp_path_factory: pytest.TempPathFactory, skip_or_fail: Callable[[str], NoReturn]
+) -> tuple[Path, list[tuple]]:
+    """The last 14 months of amazon-beauty: a small real log (under CI it must be there)."""
     if not BEAUTY.exists():
-        pytest.skip(f"{BEAUTY} is not there")
+        skip_or_fail(f"{BEAUTY} is not there")
     with gzip.open(BEAUTY, "rt") as source:
         rows = [(r["user_id"], r["item_id"], int(r["timestamp"])) for r in csv.DictReader(source)]
     start = max(ts for _, _, ts in rows) - 420 * DAY

@@ -3,9 +3,11 @@
 ``widget_server(*args)`` starts ``python -m streams.cli widget --port 0 ARGS`` and returns a
 :class:`WidgetProcess` once ``/healthz`` answers; every server is stopped after the test.
 ``widget_server_once`` is one ``--no-source`` server for a whole module.
-``browser`` is one headless Debian Chromium (``/usr/bin/chromium``, or ``$TRAIL_CHROMIUM``)
-per session, driven by Playwright's sync API; tests that need it are skipped with a clear
-message when it is missing (``apt-get install chromium``). Never ``playwright install``.
+``browser`` is one headless Debian Chromium (``$TRAIL_CHROMIUM``, else the ``chromium`` on
+PATH: the one ``scripts/system-deps.sh`` accepts) per session, driven by Playwright's sync API;
+tests that need it are skipped with a clear message when it is missing (``apt-get install
+chromium``), and fail instead under CI (``skip_or_fail`` of tests/conftest.py). Never
+``playwright install``.
 
 The Kafka fixtures (``kafka_bootstrap``, ``kafka_topic_factory``, ``in_thread``) come from
 ``tests/conftest.py``: the widget's Kafka test shares the session's one private broker.
@@ -25,13 +27,22 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "out" / "widget"
-CHROMIUM = os.environ.get("TRAIL_CHROMIUM", "/usr/bin/chromium")
+
+
+def find_chromium() -> str | None:
+    """The Chromium to drive: ``$TRAIL_CHROMIUM`` (a path or a command name), else the
+    ``chromium`` on PATH, as ``scripts/system-deps.sh`` looks for it (``command -v chromium``).
+
+    None when there is none, or when ``$TRAIL_CHROMIUM`` names nothing that runs.
+    """
+    wanted = os.environ.get("TRAIL_CHROMIUM") or "chromium"
+    return shutil.which(wanted)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -144,13 +155,22 @@ def widget_server_once() -> Iterator[WidgetProcess]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set TRAIL_CHROMIUM)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+def browser(skip_or_fail: Callable[[str], NoReturn]) -> Iterator[Any]:
+    chromium = find_chromium()
+    if chromium is None:
+        named = os.environ.get("TRAIL_CHROMIUM")
+        skip_or_fail(
+            f"TRAIL_CHROMIUM={named!r} is not an executable Chromium"
+            if named
+            else "no chromium on PATH: apt-get install chromium (or set TRAIL_CHROMIUM)"
+        )
+    try:
+        import playwright.sync_api as sync_api
+    except ImportError as exc:
+        skip_or_fail(f"Playwright is not installed ({exc}): pip install -e '.[all]'")
     with sync_api.sync_playwright() as playwright:
         instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
         )
         try:
             yield instance
