@@ -10,14 +10,8 @@ import math
 import numpy as np
 import torch
 
-from model.sasrec import (
-    SasRec,
-    SasRecConfig,
-    _tie_order,
-    evaluate_sasrec,
-    sasrec_rankings,
-    train_sasrec,
-)
+from model.sasrec import SasRec, SasRecConfig, evaluate_sasrec, sasrec_rankings, train_sasrec
+from model.sasrec.data import tie_order
 from streams.datasets import EventLog
 
 TINY = SasRecConfig(
@@ -72,9 +66,9 @@ def test_learns_the_next_item_of_a_cycle() -> None:
 
 
 def test_rankings_skip_touched_items_and_break_ties_by_id() -> None:
-    items = _tie_order([str(i) for i in range(2, 12)])
+    items = tie_order([str(i) for i in range(2, 12)])
     assert items[-3:] == ["9", "10", "11"]  # every id is an integer: numeric order
-    assert _tie_order(["b", "10", "9"]) == ["10", "9", "b"]
+    assert tie_order(["b", "10", "9"]) == ["10", "9", "b"]
     model = SasRec(items, TINY)
     with torch.no_grad():
         model.item_embedding.weight.zero_()  # every score ties
