@@ -58,14 +58,26 @@ def test_windows_close_in_order_including_empty_ones() -> None:
 
 
 def test_late_events_within_grace_count_and_later_ones_are_marked() -> None:
+    """An event of a closed window's grace period counts in that window; a later one does not
+    count anywhere and is marked late.
+
+    Catches: a grace event dropped or counted in the next window (b would tie with a at one
+    event and rank after it by id), or a late event applied (d would be ranked).
+    """
     engine = Engine(config(grace=3600), LastWindow())
-    codes = engine.state.catalog.codes(np.array(["a", "a", "b", "c", "d"], dtype=object))
-    ts = np.array([10.0, DAY + 100, DAY - 50, DAY + 3700, DAY - 1])
+    codes = engine.state.catalog.codes(np.array(["a", "b", "a", "b", "c", "d"], dtype=object))
+    ts = np.array([10.0, 20.0, DAY + 100, DAY - 50, DAY + 3700, DAY - 1])
     results, late = engine.ingest(codes, ts)
-    # b arrives after window 1 started but within the grace: it counts in window 0.
-    assert late.tolist() == [False, False, False, False, True]
+    # b's second event arrives after window 1 started but within the grace: it counts in 0.
+    assert late.tolist() == [False, False, False, False, False, True]
     assert [r.window.index for r in results] == [0]
-    assert sorted(results[0].ranking()) == ["a", "b"]
+    result = results[0]
+    assert result.ranking() == ["b", "a"]
+    ids = result.features.item_ids
+    assert {ids[i]: s for i, s in enumerate(result.scores.tolist())} == {
+        "b": pytest.approx(np.log1p(2.0)),
+        "a": pytest.approx(np.log1p(1.0)),
+    }
     assert engine.state.late_events == 1
 
 
@@ -107,6 +119,45 @@ def test_ties_break_by_numeric_id() -> None:
     engine = Engine(config(), LastWindow())
     results = engine.ingest_ids(["10", "9", "100", "2"], np.array([1.0, 2.0, 3.0, DAY + 1]))
     assert results[0].ranking() == ["9", "10", "100"]
+
+
+#: Titles as ids (ML-1M's are): mixed case, digits inside, commas, accents, and integer-like ids
+#: among them, in the order a tie puts them: by code point, so upper case before lower case,
+#: "10" before "9", "item10" before "item9", and accented letters after every ASCII one.
+STRING_TIE_ORDER = [
+    "10",
+    "9",
+    "B",
+    "Shawshank Redemption, The (1994)",
+    "Toy Story (1995)",
+    "Zoë",
+    "a b",
+    "b",
+    "item10",
+    "item9",
+    "toy story (1995)",
+    "Émile",
+    "Ünder",
+]
+
+
+def test_ties_break_by_string_id_when_ids_are_titles() -> None:
+    """With one non-integer id, every tie breaks by the ids as strings (code point order),
+    whatever order the items arrived in; a higher score still comes first.
+
+    Catches: a reversed (or arrival-order, or case-folded) tie order for non-integer ids in
+    ``ItemCatalog.tie_order``: each puts the tied titles in another order.
+    """
+    rng = np.random.default_rng(0)
+    arrival = [STRING_TIE_ORDER[i] for i in rng.permutation(len(STRING_TIE_ORDER))]
+    assert arrival != STRING_TIE_ORDER
+    # Two events for "Zoë" and "item9": they lead, in tie order between themselves.
+    ids = [*arrival, "item9", "Zoë", "later"]
+    ts = np.array([1.0 + i for i in range(len(ids) - 1)] + [DAY + 1])
+    engine = Engine(config(), LastWindow())
+    ranking = engine.ingest_ids(ids, ts)[0].ranking()
+    rest = [i for i in STRING_TIE_ORDER if i not in ("Zoë", "item9")]
+    assert ranking == ["Zoë", "item9", *rest]
 
 
 def test_outputs_carry_idempotency_keys_and_trending() -> None:
