@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import command_line, machine, record, today  # noqa: E402
 from model.registry import scorer_factory  # noqa: E402
-from streams.datasets import EventLog, load_events  # noqa: E402
+from streams.eventlog import EventLog, load_events  # noqa: E402
 from streams.kafka_cli import event_values  # noqa: E402
 from streams.kafka_io import BatchSender, TopicSpec, ensure_topics  # noqa: E402
 from streams.partitioning import partitions_of  # noqa: E402

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import command_line, machine, record, today  # noqa: E402
 from model.baselines import EWMA  # noqa: E402
-from streams.datasets import load_events  # noqa: E402
 from streams.engine import Engine, EngineConfig  # noqa: E402
+from streams.eventlog import load_events  # noqa: E402
 from streams.trend.state import TrendConfig  # noqa: E402
 from streams.trend.windows import WindowSpec, parse_duration  # noqa: E402
 

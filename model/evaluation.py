@@ -22,8 +22,8 @@ import orjson
 from scipy import stats
 
 from model.metrics import Target, bootstrap_interval, build_targets, score_pairs
-from streams.datasets import EventLog
 from streams.engine import Engine, EngineConfig, WindowResult
+from streams.eventlog import EventLog
 from streams.publish import PredictionsWriter, Publisher
 from streams.replay import EvaluationWindows, ReplaySummary, replay
 from streams.scoring import Scorer

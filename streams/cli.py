@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from streams.settings import Settings
 
 if TYPE_CHECKING:
-    from streams.datasets import EventLog
+    from streams.eventlog import EventLog
     from streams.scoring import Scorer
 
 #: command -> (module, one-line help)
@@ -136,7 +136,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 
 def run(command: str, args: argparse.Namespace) -> int:
     from model.registry import BASELINE_NAMES, UnknownScorerError, scorer_factory
-    from streams.datasets import DatasetError, load_events
+    from streams.eventlog import DatasetError, load_events
 
     settings = _settings(
         window=args.window or "7d",

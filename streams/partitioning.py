@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from streams.datasets import EventLog
+from streams.eventlog import EventLog
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995

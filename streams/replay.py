@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from streams.datasets import EventLog
 from streams.engine import Engine, WindowResult
+from streams.eventlog import EventLog
 from streams.publish import Publisher
 
 DEFAULT_BATCH = 65_536

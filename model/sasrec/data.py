@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from streams.datasets import EventLog
+from streams.eventlog import EventLog
 
 IntArray = npt.NDArray[np.int64]
 _INTEGER_ID = re.compile(r"^[+-]?\d+$")

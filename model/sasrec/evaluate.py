@@ -19,7 +19,7 @@ from model.metrics import bootstrap_interval, build_targets, pair_metrics
 from model.sasrec.data import IntArray, left_pad, user_histories
 from model.sasrec.network import SasRec, SasRecConfig
 from model.sasrec.training import torch_threads, train_sasrec
-from streams.datasets import EventLog, load_events
+from streams.eventlog import EventLog, load_events
 from streams.replay import EvaluationWindows, ReplaySummary
 from streams.trend.features import TREND_CATEGORIES
 from streams.trend.windows import parse_duration

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from model.sasrec.data import sample_negatives, tie_order, training_sequences, user_histories
 from model.sasrec.network import SasRec, SasRecConfig
-from streams.datasets import EventLog
+from streams.eventlog import EventLog
 
 
 @contextmanager

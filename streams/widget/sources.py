@@ -95,8 +95,8 @@ class DemoSource:
 
     def _replay_loop(self) -> None:
         from model.registry import scorer_factory
-        from streams.datasets import load_events
         from streams.engine import Engine
+        from streams.eventlog import load_events
         from streams.replay import EvaluationWindows, replay
 
         config = self.settings.engine_config()

@@ -21,8 +21,8 @@ from typing import Any
 
 from model.registry import scorer_factory
 from schemas import ScoreUpdate, TrendingSnapshot, decode
-from streams.datasets import EventLog, load_events
 from streams.engine import Engine
+from streams.eventlog import EventLog, load_events
 from streams.partitioning import split_log
 from streams.publish import MemoryPublisher
 from streams.replay import EvaluationWindows, replay

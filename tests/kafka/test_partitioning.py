@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from streams.datasets import EventLog
+from streams.eventlog import EventLog
 from streams.partitioning import murmur2, partition_for, partitions_of, split_log
 
 

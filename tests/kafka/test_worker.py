@@ -38,7 +38,7 @@ from kafka_support import (
 )
 
 from schemas import TrendingSnapshot, decode
-from streams.datasets import EventLog
+from streams.eventlog import EventLog
 from streams.kafka_cli import produce_log
 from streams.settings import Settings
 from streams.worker import merge_trending

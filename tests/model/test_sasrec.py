@@ -12,7 +12,7 @@ import torch
 
 from model.sasrec import SasRec, SasRecConfig, evaluate_sasrec, sasrec_rankings, train_sasrec
 from model.sasrec.data import tie_order
-from streams.datasets import EventLog
+from streams.eventlog import EventLog
 
 TINY = SasRecConfig(
     hidden=32,

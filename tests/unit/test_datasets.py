@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import streams.datasets as datasets
-from streams.datasets import (
+import streams.eventlog.cache as parsed_cache
+from streams.eventlog import (
     MAX_BAD_ROWS,
     BadRow,
     DatasetError,
@@ -276,7 +276,7 @@ def test_event_log_rejects_columns_of_different_lengths() -> None:
 def test_large_text_logs_are_cached_and_refreshed_when_changed(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datasets, "_CACHE_MIN_BYTES", 0)
+    monkeypatch.setattr(parsed_cache, "_CACHE_MIN_BYTES", 0)
     path = tmp_path / "events.csv"
     path.write_text("user_id,item_id,timestamp\nu1,i1,1\nu2,i2,bad\n")
 

@@ -15,9 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import streams.datasets as datasets
+import streams.eventlog.cache as parsed_cache
+import streams.eventlog.careful as careful_reader
+import streams.eventlog.text as text_files
 from streams.cli import main as trail
-from streams.datasets import DatasetError, EventLog, load_events
+from streams.eventlog import DatasetError, EventLog, load_events
 
 BASE = 1_600_000_000  # 2020-09-13, in seconds
 HEADER = b"user_id,item_id,timestamp\n"
@@ -210,7 +212,7 @@ def test_the_parsed_cache_does_not_fix_the_unit_or_lose_line_numbers(
 ) -> None:
     """Defects 1, 2: a cached parse still honours another ``time_unit`` and reports rows the
     horizon refuses at their true lines (blank lines and a quoted line break shift them)."""
-    monkeypatch.setattr(datasets, "_CACHE_MIN_BYTES", 0)
+    monkeypatch.setattr(parsed_cache, "_CACHE_MIN_BYTES", 0)
     rows = _rows(100, 1000)
     rows[3] = b""  # line 5: blank
     rows[4] = f'u4,"i\nx",{(BASE + 4 * 600) * 1000}'.encode()  # lines 6-7
@@ -350,8 +352,8 @@ def test_a_line_over_a_block_is_one_bad_row(
 ) -> None:
     """Defect 4: old aborted ("straddling object straddles two block boundaries") on a line
     larger than pyarrow's block (4 MiB; 64 KiB here, to keep the file small)."""
-    monkeypatch.setattr(datasets, "_READ_BLOCK_BYTES", 1 << 16)
-    monkeypatch.setattr(datasets, "_MAX_LINE_BYTES", 1 << 16)
+    monkeypatch.setattr(text_files, "READ_BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(careful_reader, "_MAX_LINE_BYTES", 1 << 16)
     rows = _rows(6000)  # about 150 KiB: the long line is not in the first block
     rows.insert(5000, b"u-huge,i1," + b"9" * (100 << 10))  # line 5002
     log = _load(_write(tmp_path / "events.csv", rows), cache)

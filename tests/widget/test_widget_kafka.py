@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 def engine_windows(windows: int = 5) -> list[tuple[TrendingSnapshot, list[ScoreUpdate]]]:
     from model.baselines import BASELINES
-    from streams.datasets import load_events
     from streams.engine import Engine
+    from streams.eventlog import load_events
     from streams.publish import MemoryPublisher
     from streams.replay import EvaluationWindows, replay
     from streams.settings import Settings
