@@ -42,19 +42,6 @@ def parse_duration(text: str | int | float) -> int:
     return int(seconds)
 
 
-def format_duration(seconds: int) -> str:
-    """The shortest exact spelling of a duration.
-
-    >>> format_duration(604800), format_duration(2592000), format_duration(5400)
-    ('7d', '30d', '90m')
-    """
-    for unit in ("w", "d", "h", "m"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and seconds % size == 0 and unit != "w":
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 @dataclass(frozen=True)
 class WindowSpec:
     """Tumbling event-time windows of ``length`` seconds with a ``grace`` period for late events.
