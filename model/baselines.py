@@ -2,8 +2,9 @@
 
 Every baseline scores every item seen so far, using only events before the window's end, and
 returns the predicted ``log(1 + next-window count)`` (or a monotone stand-in for it, which gives
-the same ranking): MostPop, LastWindow, EWMA-h and LinearTrend as DESIGN.md defines them, and an
-online River regression on the trend features.
+the same ranking): MostPop, LastWindow, EWMA-h and LinearTrend as docs/architecture.md
+("Baselines" under "The scorer cascade") defines them, and an online River regression on the
+trend features.
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ class RiverRegressor(SilentScorer):
         self._learned_windows = int(state["learned_windows"])
 
 
-#: Scorer names on the command line (DESIGN.md) that need no model files.
+#: Scorer names on the command line that need no model files (docs/architecture.md,
+#: "Conventions that tools rely on").
 BASELINES: dict[str, Callable[[], SilentScorer]] = {
     "mostpop": MostPop,
     "last-window": LastWindow,

@@ -1,4 +1,4 @@
-"""Replay-based evaluation of scorers under the protocol of DESIGN.md.
+"""Replay-based evaluation of scorers (docs/architecture.md, "Evaluation protocol").
 
 Each scorer gets its own engine and replays the whole log; rankings of the evaluated windows
 are collected (and optionally written as a predictions file), then scored against what each

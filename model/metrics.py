@@ -1,4 +1,4 @@
-"""Ranking metrics of the evaluation protocol (DESIGN.md, "Evaluation protocol").
+"""Ranking metrics of the evaluation protocol (docs/architecture.md, "Evaluation protocol").
 
 For a ranking made at the end of window ``t`` and a user active in ``t + 1`` who had an event
 before it, the relevant set is the distinct items the user touched in ``t + 1``. HR@K is 1 when

@@ -1,4 +1,4 @@
-"""Scorers by their command-line name (DESIGN.md, "Conventions that tools rely on").
+"""Scorers by their command-line name (docs/architecture.md, "Conventions that tools rely on").
 
 Baselines need nothing; the language-model scorers load their weights only when asked for,
 so listing or running a baseline never imports torch.

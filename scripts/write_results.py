@@ -38,8 +38,8 @@ def main() -> int:
         "",
         "Produced by `bash scripts/results.sh` (which runs `trail evaluate DATASET --window W "
         "--test-windows 8 --scorer ... --with-sasrec` per dataset and renders this file). "
-        'Protocol: DESIGN.md, "Evaluation protocol": rankings at the end of each of the 8 '
-        "windows before the last 8 complete ones, judged on the next window; HR@K / NDCG@K "
+        'Protocol: docs/architecture.md, "Evaluation protocol": rankings at the end of each of '
+        "the 8 windows before the last 8 complete ones, judged on the next window; HR@K / NDCG@K "
         "pooled over (user, window) pairs with 95% bootstrap intervals. TRAIL and the base LM "
         "re-score the top 50 items of the recency prior (cascade) and explain the top 10. "
         "SASRec ranks per user (the personalized reference), trained on the events before the "

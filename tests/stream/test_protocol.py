@@ -1,9 +1,9 @@
 """The evaluation protocol, recomputed by brute force from the raw log.
 
-Everything here is written from DESIGN.md's words, independently of the engine: the window
-grid, the baselines' scores, the eligible users and their next-window items, HR@10 and
-NDCG@10. The predictions files that ``trail replay`` writes and the numbers that ``trail
-evaluate`` prints must agree with it.
+Everything here is written from the protocol's words (docs/architecture.md, "Evaluation
+protocol"), independently of the engine: the window grid, the baselines' scores, the
+eligible users and their next-window items, HR@10 and NDCG@10. The predictions files that
+``trail replay`` writes and the numbers that ``trail evaluate`` prints must agree with it.
 """
 
 from __future__ import annotations
