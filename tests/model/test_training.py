@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from model.scorer import TrailScorer
 from model.trail import TrailConfig, TrailModel
-from model.training import TrainConfig, step_loss, train
+from model.training import TrainConfig, split_snapshots, step_loss, train
 from streams.cli import main as trail
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from threads; on a loaded 2-core host PyTorch's default
+    threads made one `trail evaluate` of it 25 times slower (45 s instead of 2 s)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +59,6 @@ def snapshots(events: Path) -> Path:
 
 
 def test_losses_go_down_on_a_toy_set(tiny_model: Path, snapshots: Path) -> None:
-    from model.training import split_snapshots
-
     torch.manual_seed(0)
     config = TrainConfig(batch_size=6, windows_per_batch=2, holdout=2, val_windows=1, rescore_top=6)
     split = split_snapshots([snapshots], config, "ewma-1")
@@ -147,7 +161,15 @@ def test_train_writes_adapter_and_manifest_and_resumes(
         )
         == 0
     )
-    assert "faithfulness" in evaluation.read_text()
+    trail_results = json.loads(evaluation.read_text())["results"]["trail"]
+    # Two windows, ten explanations each; the tiny model writes no checkable claim, so the
+    # guard replaced every text (with the verbalizer's, which always makes claims).
+    assert trail_results["explanations"] == 20.0
+    assert trail_results["explanations_without_claims"] == 0.0
+    assert trail_results["guard_replaced"] == 1.0
+    assert trail_results["raw_faithfulness"] == 0.0
+    assert trail_results["raw_contradiction_rate"] == 0.0
+    assert trail_results["model_version"] == scorer.version
 
 
 def test_missing_adapter_is_a_clear_error(tmp_path: Path, capsys) -> None:
@@ -297,3 +319,104 @@ def test_resumed_run_is_the_uninterrupted_run(
     # The adapter is not still at its initialisation: the comparison above means something.
     head = load_file(tmp_path / "whole" / "score_head.safetensors")
     assert head["proj.weight"].count_nonzero() > 0
+
+
+def _poison(path: Path) -> None:
+    """Rewrite one window's snapshot file with other signals and other next-window counts."""
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    for row in rows:
+        row["next_count"] = row["next_count"] * 5 + 7
+        row["next_returning"] = row["next_returning"] + 3
+        row["count"] = row["count"] + 11
+        row["total"] = row["total"] + 11
+        row["ew_1"] = row["ew_1"] * 3 + 1
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+
+
+def _window_files(folder: Path) -> list[Path]:
+    """The snapshot files of ``folder``, oldest window first (numerically, not as text)."""
+    return sorted(
+        folder.glob("window_end=*/*.parquet"), key=lambda p: int(p.parent.name.split("=")[1])
+    )
+
+
+def test_training_never_reads_the_evaluation_hold_out(
+    tiny_model: Path, snapshots: Path, tmp_path: Path
+) -> None:
+    """The last ``holdout`` (8) windows of a snapshot folder are the evaluation windows:
+    poisoning their files (signals and next-window counts) changes nothing that training
+    writes: not a bit of the weights, not the validation numbers, not the manifest.
+
+    Catches: a split that reads the held-out windows (each tried once on ``split_snapshots``:
+    ``usable = ends``; ``len(ends) - holdout + 1``; the held-out windows trained on beside the
+    training windows, the description left right; the last window validated on).
+    """
+    folder = tmp_path / "snapshots"
+    shutil.copytree(snapshots, folder)
+    config = TrainConfig(steps=4, batch_size=4, rescore_top=6, eval_every=2, checkpoint_every=4)
+    assert config.holdout == 8 and config.val_windows == 2
+    model_config = TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0)
+
+    def run(out: str) -> dict[str, Any]:
+        manifest = train(
+            [folder], tmp_path / out, model_config=model_config, config=config, progress=False
+        )
+        manifest.pop("seconds_this_run")
+        return manifest
+
+    files = _window_files(folder)
+    assert len(files) >= config.holdout + config.val_windows + 2, len(files)
+    clean = run("clean")
+    split = clean["data"][str(folder)]
+    held_out = [int(p.parent.name.split("=")[1]) for p in files[-config.holdout :]]
+    assert split["held_out_windows"] == [held_out[0], held_out[-1]]
+    assert split["validation_windows"][-1] < held_out[0]
+
+    for path in files[-config.holdout :]:
+        _poison(path)
+    # The poison is there to be read: a split that holds out fewer windows sees it.
+    leaky = replace(config, holdout=config.holdout - 1)
+    before = split_snapshots([snapshots], leaky, model_config.prior)
+    after = split_snapshots([folder], leaky, model_config.prior)
+    assert [e.next_count for e in after.validation[-1]] != [
+        e.next_count for e in before.validation[-1]
+    ]
+
+    poisoned = run("poisoned")
+    assert poisoned == clean  # validation numbers, data description, file hashes, all of it
+    assert clean["validation"]["val_precision@10"] >= 0.0  # a validation really ran
+    for name in ("adapter_model.safetensors", "score_head.safetensors"):
+        a = load_file(tmp_path / "clean" / name)
+        b = load_file(tmp_path / "poisoned" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: model/evaluation.py (RankingCollector.publish) judges each explanation "
+    "against the ranking score, not the forecast log1p(count) the text was written for; the "
+    "guard's faithful texts then count as contradicted",
+)
+def test_published_explanations_are_judged_by_the_forecast_they_state(
+    tiny_model: Path, events: Path, tmp_path: Path
+) -> None:
+    """Every explanation TRAIL publishes passed the guard (or is the verbalizer's, true by
+    construction), so ``trail evaluate`` must report them all faithful, with no contradiction.
+
+    Catches: an evaluation that judges a text against another number than the one it states
+    (today the ranker's score: an item ranked low reads as "falling", so "rising" counts as a
+    contradiction). Strict: once the evaluation is fixed this passes, and the marker goes.
+    """
+    adapter = tmp_path / "adapter"
+    torch.manual_seed(0)
+    TrailModel.from_base(TrailConfig(base_model=str(tiny_model))).save(adapter)
+    report = tmp_path / "eval.json"
+    common = ["--window", "7d", "--test-windows", "2", "--rescore-top", "6", "--no-progress"]
+    command = ["evaluate", str(events), *common, "--scorer", "trail", "--adapter", str(adapter)]
+    assert trail([*command, "--json", str(report)]) == 0
+    results = json.loads(report.read_text())["results"]["trail"]
+    assert results["explanations"] == 20.0
+    assert results["contradiction_rate"] == 0.0
+    assert results["faithfulness"] == 1.0
