@@ -43,6 +43,8 @@ def find_chromium() -> str | None:
     """
     wanted = os.environ.get("TRAIL_CHROMIUM") or "chromium"
     return shutil.which(wanted)
+
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
