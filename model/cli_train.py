@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N",
     )
+    parser.add_argument(
+        "--items",
+        default=None,
+        metavar="FILE",
+        help="item catalog (CSV, Parquet or JSON lines): titles and categories for the rows "
+        "of its items (replay with --items to recompute category momentum too)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     defaults = TrainConfig()
     for field in fields(TrainConfig):
@@ -71,6 +79,18 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"trail train: --device {device} asked for, but torch sees no CUDA GPU")
+    items = None
+    if args.items:
+        from streams.eventlog import DatasetError, load_items
+
+        try:
+            catalog = load_items(args.items)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in catalog.report():
+            print(line, file=sys.stderr)
+        items = catalog.items
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     model_config = TrailConfig(
         base_model=args.base_model,
@@ -87,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         progress=not args.no_progress,
         device=device,
+        items=items,
     )
     print(
         json.dumps(

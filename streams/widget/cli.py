@@ -7,8 +7,10 @@ import asyncio
 import logging
 import socket
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from schemas import ItemMeta, ScoreUpdate, TrendingSnapshot
 from streams.widget.app import WidgetOptions, create_app
 from streams.widget.hub import (
     DEFAULT_CLIENT_QUEUE,
@@ -40,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DATASET",
         default=None,
         help="replay a dataset (e.g. ml-100k) instead of following Kafka",
+    )
+    source.add_argument(
+        "--items",
+        metavar="FILE",
+        default=None,
+        help="item catalog (CSV, Parquet or JSON lines): titles for items that come without one",
     )
     source.add_argument(
         "--no-source",
@@ -110,6 +118,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--access-log", action="store_true", help="log every HTTP request")
 
 
+class TitledHub(TrendingHub):
+    """A hub that names items from a catalog when their records carry no title.
+
+    >>> from schemas import ItemMeta, TrendingItem, TrendingSnapshot
+    >>> hub = TitledHub({"7": ItemMeta(item_id="7", title="Toy Story")})
+    >>> item = TrendingItem(item_id="7", rank=1, score=1.0)
+    >>> hub.apply_snapshot(TrendingSnapshot(window_start=0, window_end=10, model_version="m",
+    ...     items=(item,), changed_items=1, events=1.0))
+    True
+    >>> hub.view()["items"][0]["title"]
+    'Toy Story'
+    """
+
+    def __init__(self, items: Mapping[str, ItemMeta], **options: Any) -> None:
+        super().__init__(**options)
+        self.titles = {item_id: meta.title for item_id, meta in items.items() if meta.title}
+
+    def apply_snapshot(self, snapshot: TrendingSnapshot) -> bool:
+        if any(item.title is None and item.item_id in self.titles for item in snapshot.items):
+            items = tuple(
+                item.model_copy(update={"title": self.titles[item.item_id]})
+                if item.title is None and item.item_id in self.titles
+                else item
+                for item in snapshot.items
+            )
+            snapshot = snapshot.model_copy(update={"items": items})
+        return super().apply_snapshot(snapshot)
+
+    def apply_score(self, update: ScoreUpdate) -> None:
+        title = self.titles.get(update.item_id)
+        if update.features.title is None and title is not None:
+            features = update.features.model_copy(update={"title": title})
+            update = update.model_copy(update={"features": features})
+        super().apply_score(update)
+
+
 class _CutClientFilter(logging.Filter):
     """Drops uvicorn's error for a stream we cut on purpose (a lagging or stalled client):
     we already logged a warning, and ending such a response unfinished is the point."""
@@ -162,12 +206,24 @@ def run(args: argparse.Namespace) -> int:
         print("error: --interval must be >= 0, --history and --client-queue >= 1", file=sys.stderr)
         return 2
     settings = _settings(args)
-    hub = TrendingHub(
-        history_windows=args.history,
-        client_queue=args.client_queue,
-        max_lag=args.max_lag,
-        max_clients=args.max_clients,
-    )
+    hub_options: dict[str, Any] = {
+        "history_windows": args.history,
+        "client_queue": args.client_queue,
+        "max_lag": args.max_lag,
+        "max_clients": args.max_clients,
+    }
+    hub = TrendingHub(**hub_options)
+    if args.items:
+        from streams.eventlog import DatasetError, load_items
+
+        try:
+            catalog = load_items(args.items)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in catalog.report():
+            print(line, file=sys.stderr)
+        hub = TitledHub(catalog.items, **hub_options)
     options = WidgetOptions(
         heartbeat_s=args.heartbeat,
         send_timeout_s=args.send_timeout,
