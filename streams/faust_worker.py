@@ -20,6 +20,10 @@ stream of records, and the offset commits. Its parts:
   app's ``on_partitions_assigned`` signal and written on revocation
   (``on_partitions_revoked``). A Faust ``Table`` holds one value per key in one Kafka record;
   a partition's trend state can be far larger than a record, so the chunked store is kept.
+- **Item metadata.** The items topic is not one of the app's topics: as in the aiokafka
+  runtime, the worker's own group-less consumer follows the items partitions of the events
+  partitions the app assigned (read up to their end at assignment, then at every round,
+  including the timer's), so both runtimes keep the same metadata in the same checkpoints.
 
 Throughput: Faust handles every record as an event object (decode, buffer, ack), which costs
 far more than the engine's batched work; ``bench/kafka.py --runtime faust`` measures it. The

@@ -5,6 +5,12 @@ pick (:func:`streams.partitioning.partition_for`), in producer batches. ``--spee
 X times faster than real time (event time); ``--speed max`` sends as fast as the broker takes
 them. Each record is ``{"user_id", "item_id", "ts"}`` JSON (``ts`` an integer when whole).
 
+``trail produce --items FILE`` publishes a catalog (CSV, Parquet or JSON lines, see
+:mod:`streams.eventlog.items`) to the compacted items topic: one :class:`schemas.ItemMeta` per
+item (key = item_id, fields left at their defaults omitted), in the partition of its key, which
+is the partition of its events. ``--delete-item ID`` publishes a tombstone (the worker forgets
+that item's metadata). With an event log too, the catalog goes first.
+
 ``trail tail`` lives in :mod:`streams.kafka_tail`.
 """
 
@@ -14,14 +20,16 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from streams.datasets import EventLog
-from streams.partitioning import partitions_of
+from schemas import ItemMeta
+from streams.eventlog import EventLog
+from streams.partitioning import partition_for, partition_for_key, partitions_of
 from streams.settings import Settings
 
 #: Records per flush (bounded memory; one broker round trip per partition per flush).
@@ -124,6 +132,85 @@ async def produce_log(
     return ProduceSummary(sent, time.perf_counter() - started, partitions)
 
 
+async def produce_items(
+    settings: Settings,
+    items: Iterable[ItemMeta] = (),
+    *,
+    topic: str | None = None,
+    deletes: Iterable[str] = (),
+    raw: Sequence[tuple[bytes | None, bytes | None, int | None]] = (),
+) -> ProduceSummary:
+    """Publish catalog records to the items topic (``settings.items_topic`` by default).
+
+    Each item's record goes to its key's partition. The topic is created when missing,
+    compacted, with the events topic's partition count (the events topic is created too when
+    missing, with ``settings.partitions``). ``deletes`` are item ids to publish tombstones
+    for; ``raw`` adds records as they are, ``(key, value, partition)`` (tests use it for
+    malformed records; a None partition means the key's, or 0 without a key).
+
+    Raises
+    ------
+    ValueError
+        No items topic (``items_topic`` is empty) or its partition count differs from the
+        events topic's.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_io import (
+        BatchSender,
+        TopicSpec,
+        client_options,
+        ensure_topics,
+        items_topic_spec,
+    )
+    from streams.kafka_options import verify_connection
+
+    topic = topic if topic is not None else settings.items_topic
+    if not topic:
+        raise ValueError("no items topic: set --items-topic (TRAIL_ITEMS_TOPIC)")
+    await verify_connection(settings)
+    events = settings.events_topic
+    counts = await ensure_topics(settings, [TopicSpec(events, settings.partitions)])
+    wanted = counts[events]
+    partitions = (await ensure_topics(settings, [items_topic_spec(topic, wanted)]))[topic]
+    if partitions != wanted:
+        raise ValueError(
+            f"{topic} has {partitions} partitions but {events} has {wanted}: they must match"
+        )
+    producer = AIOKafkaProducer(
+        **client_options(settings),
+        acks="all",
+        linger_ms=10,
+        max_batch_size=1024 * 1024,
+        max_request_size=2 * 1024 * 1024,
+        enable_idempotence=True,
+    )
+    await producer.start()
+    sender = BatchSender(producer)
+    started = time.perf_counter()
+    sent = 0
+    try:
+        for meta in items:
+            value = orjson.dumps(meta.model_dump(mode="json", exclude_defaults=True))
+            key = meta.item_id.encode("utf-8")
+            sender.add(topic, partition_for(meta.item_id, partitions), key, value)
+            sent += 1
+            if sender.pending >= FLUSH_RECORDS:
+                await sender.flush()
+        for item_id in deletes:
+            sender.add(topic, partition_for(item_id, partitions), item_id.encode("utf-8"), None)
+            sent += 1
+        for key, value, partition in raw:
+            if partition is None:
+                partition = partition_for_key(key, partitions) if key is not None else 0
+            sender.add(topic, partition, key, value)
+            sent += 1
+        await sender.flush()
+    finally:
+        await producer.stop()
+    return ProduceSummary(sent, time.perf_counter() - started, partitions)
+
+
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
@@ -136,7 +223,25 @@ def _speed(text: str) -> float | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "events",
+        nargs="?",
+        default=None,
         help="event log: a user_id,item_id,timestamp CSV, Parquet, .inter file or dataset name",
+    )
+    parser.add_argument(
+        "--items",
+        default=None,
+        metavar="FILE",
+        help="publish this item catalog (CSV, Parquet or JSON lines) to the items topic first",
+    )
+    parser.add_argument(
+        "--delete-item",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="publish a tombstone for this item id to the items topic (repeatable)",
+    )
+    parser.add_argument(
+        "--items-topic", default=None, help="items topic (default TRAIL_ITEMS_TOPIC, items)"
     )
     parser.add_argument(
         "--speed",
@@ -155,15 +260,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streams.datasets import load_events
+    from streams.eventlog import DatasetError, load_events, load_items
 
     overrides: dict[str, Any] = {}
     if args.broker:
         overrides["broker"] = args.broker
     if args.partitions:
         overrides["partitions"] = args.partitions
+    if args.items_topic is not None:
+        overrides["items_topic"] = args.items_topic
+    if args.topic:
+        overrides["events_topic"] = args.topic
     settings = Settings(**overrides)
-    log = load_events(args.events, progress=not args.no_progress).sorted_by_time()
+    if args.events is None and args.items is None and not args.delete_item:
+        print("error: give an event log, --items FILE or --delete-item ID", file=sys.stderr)
+        return 2
+    if args.items is not None or args.delete_item:
+        try:
+            catalog = load_items(args.items) if args.items is not None else None
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in catalog.report() if catalog is not None else ():
+            print(line, file=sys.stderr)
+        items = catalog.items.values() if catalog is not None else ()
+        published = asyncio.run(produce_items(settings, items, deletes=args.delete_item))
+        print(
+            f"produced {published.records:,} item records to {settings.items_topic} "
+            f"({published.partitions} partitions) in {published.seconds:.1f} s",
+            file=sys.stderr,
+        )
+    if args.events is None:
+        return 0
+    try:
+        log = load_events(args.events, progress=not args.no_progress).sorted_by_time()
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop = None if args.limit is None else args.skip + args.limit
     summary = asyncio.run(
         produce_log(settings, log, topic=args.topic, speed=args.speed, start=args.skip, stop=stop)

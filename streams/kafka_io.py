@@ -7,6 +7,9 @@ Thin on purpose (DESIGN.md: decode, call pure code, encode):
 - :func:`ensure_topics` creates the topics the app needs;
 - :func:`decode_events` turns a batch of consumer records into columns for the engine, with
   every malformed record as a :class:`DeadLetter` carrying the exact reason;
+- :func:`decode_item_records` does the same for the compacted ``items`` topic (the catalog,
+  key = item_id, a null value removes an item's metadata), whose spec is
+  :func:`items_topic_spec`;
 - :func:`dead_letter_record` / :func:`read_dead_letter`: the ``events.dlq`` record format;
 - :class:`BatchSender` builds producer batches per partition (no per-record round trips);
 - :func:`encode_score_updates` is the column-wise twin of ``encode(ScoreUpdate)`` (byte for byte,
@@ -21,7 +24,8 @@ header); headers say why and where from:
 ``trail.dlq.kind``          ``malformed`` or ``late``
 ``trail.dlq.category``      ``too_large``, ``missing_key``, ``missing_value``, ``bad_json``,
                             ``not_object``, ``unknown_field``, ``invalid``, ``key_mismatch``,
-                            ``future``, ``late``
+                            ``future``, ``late``; for the items topic also ``invalid_key``
+                            and ``wrong_partition``
 ``trail.dlq.reason``        the precise reason (``RecordError`` text, the closed window and the
                             watermark that closed it, or how far past the clock bound); long
                             values in it are cut (:func:`show_time`, :data:`SHOWN_CHARS`)
@@ -32,6 +36,9 @@ header); headers say why and where from:
 ``trail.dlq.worker``        the worker id that dead-lettered it
 ``trail.dlq.truncated``     only when cut: the original value length
 ==========================  ===================================================================
+
+Malformed records of the items topic go to the same dead-letter topic, with
+``trail.dlq.topic`` naming the items topic.
 
 Re-deliveries after a crash repeat a dead letter with the same (topic, partition, offset):
 consumers of the DLQ de-duplicate on it.
@@ -51,9 +58,11 @@ import numpy as np
 import orjson
 
 from schemas import (
+    MAX_ID_CHARS,
     MAX_RECORD_BYTES,
     SCHEMA_VERSION,
     Event,
+    ItemMeta,
     RecordError,
     ScoreUpdate,
     decode,
@@ -61,7 +70,7 @@ from schemas import (
 )
 from streams.engine import WindowResult
 from streams.kafka_options import client_options as client_options
-from streams.partitioning import partition_for
+from streams.partitioning import partition_for, partition_for_key
 from streams.settings import Settings
 from streams.trend.features import TREND_CATEGORIES
 
@@ -443,6 +452,101 @@ def decode_events(
         records=good,
         dead=dead,
     )
+
+
+# ------------------------------------------------------------------------------ items in
+def items_topic_spec(name: str, partitions: int) -> TopicSpec:
+    """The catalog topic: compacted (the last value of each item id is kept, a null value
+    removes it), with as many partitions as the events topic."""
+    return TopicSpec(name, partitions, {"cleanup.policy": "compact"})
+
+
+@dataclass
+class DecodedItems:
+    """One partition's batch of the items topic: ``(item_id, metadata)`` changes in offset
+    order (metadata None: a tombstone, the item's metadata is removed) and the malformed
+    records."""
+
+    changes: list[tuple[str, ItemMeta | None]]
+    dead: list[DeadLetter]
+
+
+def decode_item_records(
+    records: Sequence[Any], topic: str, partition: int, partitions: int
+) -> DecodedItems:
+    """Decode consumer records of one partition of the items topic.
+
+    The key is the item id and the value an :class:`schemas.ItemMeta` as JSON, or null to
+    remove the item's metadata. A record is dead-lettered when it has no key, its key is not
+    a usable id (UTF-8, 1 to 256 characters), it sits in another partition than its key's
+    (Kafka's default partitioner over ``partitions``, the events topic's count: the worker of
+    this partition never sees that item's events), its value is not a valid ItemMeta (bad
+    JSON, unknown fields, wrong types, over :data:`schemas.MAX_RECORD_BYTES`), or the value's
+    ``item_id`` is not its key.
+    """
+    changes: list[tuple[str, ItemMeta | None]] = []
+    dead: list[DeadLetter] = []
+
+    def reject(record: Any, category: str, reason: str) -> None:
+        dead.append(
+            DeadLetter(
+                "malformed",
+                category,
+                reason,
+                topic,
+                partition,
+                record.offset,
+                record.timestamp,
+                record.key,
+                record.value,
+            )
+        )
+
+    for record in records:
+        key = record.key
+        if key is None:
+            reject(record, "missing_key", "record has no key (items are keyed by item_id)")
+            continue
+        try:
+            item_id = bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            reject(record, "invalid_key", f"key {_shown_key(key)} is not UTF-8 text")
+            continue
+        if not 0 < len(item_id) <= MAX_ID_CHARS:
+            reject(
+                record,
+                "invalid_key",
+                f"key {_shown_key(key)} is not an item id (1 to {MAX_ID_CHARS} characters)",
+            )
+            continue
+        owner = partition_for_key(key, partitions)
+        if owner != partition:
+            reject(
+                record,
+                "wrong_partition",
+                f"item {_shown(item_id)} belongs in partition {owner} of {partitions} (Kafka's "
+                f"default partitioner on the key, as its events); in partition {partition} "
+                "it would never meet its events",
+            )
+            continue
+        if record.value is None:
+            changes.append((item_id, None))
+            continue
+        try:
+            meta = decode(ItemMeta, record.value)
+        except RecordError as exc:
+            reason = str(exc)
+            reject(record, _category_of(reason), reason)
+            continue
+        if meta.item_id != item_id:
+            reject(
+                record,
+                "key_mismatch",
+                f"key {_shown_key(key)} is not the record's item_id {_shown(meta.item_id)}",
+            )
+            continue
+        changes.append((item_id, meta))
+    return DecodedItems(changes, dead)
 
 
 def late_letter(record: Any, topic: str, partition: int, reason: str) -> DeadLetter:

@@ -21,6 +21,8 @@ dict for summaries and tests.
 ``trail_skipped_duplicates_total``     re-delivered records at or below the stored offset
 ``trail_trending_published_total``     merged global trending snapshots published
 ``trail_assigned_partitions``          events partitions this worker owns
+``trail_item_records_total{...}``      items-topic records by partition and outcome
+                                       (``applied``, ``removed``, ``malformed``)
 =====================================  ==========================================================
 """
 
@@ -116,6 +118,12 @@ class WorkerMetrics:
             "Windows whose scorer raised (score: ranked by the ewma-1 fallback instead; "
             "explain: left unexplained)",
             ["stage"],
+            registry=r,
+        )
+        self.item_records = Counter(
+            "trail_item_records",
+            "Records of the items topic by outcome (applied, removed, malformed)",
+            ["partition", "outcome"],
             registry=r,
         )
         self._server: Any = None

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     scores_topic: str = "scores"
     trending_topic: str = "trending"
     dlq_topic: str = "events.dlq"
+    items_topic: str = Field(
+        "items",
+        description="Compacted item-metadata topic (key = item_id, null value = removed), "
+        "co-partitioned with the events topic; empty: none",
+    )
     app_id: str = Field("trail", description="Consumer group / Faust application id")
     partitions: int = Field(4, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -76,7 +81,9 @@ class Settings(BaseSettings):
         description="Group consumer of `trail worker`: aiokafka (fastest) or a Faust app",
     )
     items_source: str | None = Field(
-        None, description="Item metadata for the worker: a dataset name or a .inter path"
+        None,
+        description="Item catalog the worker starts from: a CSV, Parquet or JSON-lines file "
+        "(see streams.eventlog.items), a dataset name or a RecBole .inter path",
     )
     checkpoint_interval: str = Field(
         "10s", description="Checkpoint a partition's state at least this often (and every close)"

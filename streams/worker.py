@@ -28,8 +28,7 @@ State, offsets and recovery (at-least-once, manual commits):
    ``"p"``): the engine's ``TrendState.state_dict()``, the last applied offset, counters, and
    the scorer's ``state_dict()`` when it has one, as JSON (orjson) compressed with zlib, in
    chunks of :data:`CHUNK_BYTES` under a header record with the SHA-256 (see
-   :class:`StateStore`). Never pickle. The item metadata (``--items``) is not repeated in
-   every checkpoint: its fingerprint is stored, and a restore re-adds the same metadata.
+   :class:`StateStore`). Never pickle. The item metadata is in it as described below.
 2. A round: apply one fetch (``getmany``) -> hand its outputs (scores, partials, dead
    letters) to the producer -> capture the checkpoints that are due (at every window close;
    otherwise every ``checkpoint_interval`` / ``checkpoint_records``). Then, in order and off
@@ -47,6 +46,31 @@ State, offsets and recovery (at-least-once, manual commits):
    (topic, partition, offset).
 4. On revocation and on shutdown the pipeline is drained and every partition is checkpointed
    and committed before the partitions are let go.
+
+Item metadata (titles, categories, ...) has two sources:
+
+- **The catalog file** (``--items FILE``: CSV, Parquet or JSON lines, see
+  :mod:`streams.eventlog.items`; or a dataset name, or a ``.inter`` file), read at start and
+  given to every partition's engine when it starts without state. It is not repeated in every
+  checkpoint (it would be most of a checkpoint's bytes): a restore takes it from the file given
+  at that start, so a restart with a grown or corrected file applies it from then on (a note in
+  the log says when the file changed since the checkpoint).
+- **The items topic** (``items`` by default, ``--items-topic``; empty: none): compacted, keyed
+  by ``item_id``, co-partitioned with the events topic (same partition count, Kafka's default
+  partitioner), so partition p of it holds the metadata of exactly the items of events
+  partition p. ``trail produce --items FILE`` publishes a catalog there. Each owner of events
+  partition p reads items partition p with a group-less consumer: at assignment everything
+  after the checkpoint up to the partition's end before any event, then whatever has arrived
+  at every round, before that round's events. A record replaces the item's metadata (also
+  what the file gave), a null value (tombstone) removes it; metadata may arrive before or after
+  an item's first events and counts from the next window close on (titles, categories and
+  category momentum are read at a window's close). Malformed records, and records in another
+  partition than their key's, go to the dead-letter topic with the reason.
+
+Each checkpoint carries what its partition got from the items topic (every item's last value
+or tombstone), the offset it read up to, and the order of the category names its category
+statistics are indexed by: a restore rebuilds exactly the metadata of that moment and reads the
+topic on from there, however the catalog grew meanwhile.
 
 Exactness after a restart holds for scorers without hidden state (the baselines) and for
 scorers that expose ``state_dict()`` / ``load_state_dict()`` (the River regression does: its
@@ -90,12 +114,15 @@ from schemas import ItemMeta, TrendingItem, TrendingSnapshot, encode
 from streams.engine import Engine, EngineConfig, WindowResult
 from streams.kafka_io import (
     BatchSender,
+    DeadLetter,
     KafkaPublisher,
     TopicSpec,
     client_options,
     dead_letter_record,
     decode_events,
+    decode_item_records,
     ensure_topics,
+    items_topic_spec,
     late_letter,
     show_time,
 )
@@ -124,6 +151,105 @@ def changelog_topic(settings: Settings) -> str:
 
 def partials_topic(settings: Settings) -> str:
     return f"{settings.app_id}-trending-partials"
+
+
+# ------------------------------------------------------------------------------ item metadata
+# TrendState (streams/trend/state.py) registers metadata but was made for a catalog fixed at
+# start: its item x category matrix is rebuilt only when its shape changes, it cannot forget an
+# item's metadata, and a restore re-derives the order of its category names from the metadata
+# (wrong once a category was replaced). These helpers do those three things from here, on its
+# attributes, until TrendState offers them.
+def set_item_metadata(state: TrendState, item_id: str, meta: ItemMeta | None) -> bool:
+    """Make ``meta`` the metadata of ``item_id`` in ``state`` (None: it has none).
+
+    The item gets its catalog code now if it has none, so codes follow the items topic's
+    order, not the order a later window close happens to visit the metadata in.
+
+    Parameters
+    ----------
+    state : TrendState
+        A partition's trend state.
+    item_id : str
+        The item.
+    meta : ItemMeta or None
+        Its new metadata, or None to remove what it has.
+
+    Returns
+    -------
+    bool
+        Whether anything changed.
+    """
+    current = state.catalog.meta.get(item_id)
+    if current == meta:
+        return False
+    if meta is None:
+        del state.catalog.meta[item_id]
+    else:
+        state.add_metadata([meta])
+        state.catalog.code(item_id)
+    before = current.categories if current is not None else ()
+    after = meta.categories if meta is not None else ()
+    if before != after:
+        # Same shape, other members: the cached matrix would still count the old categories.
+        state._membership_cache = None
+    return True
+
+
+def trend_state_without_metadata(state: TrendState) -> dict[str, Any]:
+    """``state.state_dict()`` without the item metadata (checkpoints carry it apart: see
+    :func:`items_checkpoint`)."""
+    # TrendState.state_dict() slices its per-item arrays to the catalog's size, but the
+    # catalog can outgrow them at a window close (metadata items get codes there) until the
+    # next ingest reserves room; reserve now so the checkpoint covers every item.
+    state._reserve(len(state.catalog))
+    meta, state.catalog.meta = state.catalog.meta, {}
+    try:
+        return state.state_dict()
+    finally:
+        state.catalog.meta = meta
+
+
+def items_checkpoint(
+    state: TrendState, topic_items: Mapping[str, ItemMeta | None], offset: int
+) -> dict[str, Any]:
+    """What a partition's checkpoint keeps of its metadata: the items topic's records (each
+    item's last value, None for a tombstone), the offset read up to, and the category names
+    in the order the category statistics are indexed by (which a restore cannot re-derive from
+    the metadata once a category was replaced). The catalog file's metadata is not in it."""
+    return {
+        "offset": offset,
+        "records": [
+            [item_id, None if m is None else m.model_dump(mode="json", exclude_defaults=True)]
+            for item_id, m in topic_items.items()
+        ],
+        "categories": list(state._category_names),
+    }
+
+
+def restore_items_checkpoint(
+    state: TrendState, section: Mapping[str, Any], file_items: Mapping[str, ItemMeta]
+) -> dict[str, ItemMeta | None]:
+    """Give ``state`` (restored from :func:`trend_state_without_metadata`) its metadata back:
+    ``file_items`` overlaid by the checkpoint's items-topic records, with the category names
+    in their saved order (new ones of a changed file after them). Returns those records."""
+    if state._category_names or state.catalog.meta:
+        raise RuntimeError("item metadata can only be restored into a state without any")
+    names = [str(name) for name in section["categories"]]
+    state._category_names = names
+    state._category_index = {name: index for index, name in enumerate(names)}
+    state._membership_cache = None
+    records = {
+        str(item_id): None if value is None else ItemMeta.model_validate(value)
+        for item_id, value in section["records"]
+    }
+    effective = dict(file_items)
+    for item_id, meta in records.items():
+        if meta is None:
+            effective.pop(item_id, None)
+        else:
+            effective[item_id] = meta
+    state.add_metadata(effective.values())
+    return records
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -323,6 +449,8 @@ class Counters:
     late: int = 0
     windows: int = 0
     duplicates: int = 0
+    item_records: int = 0  # records read from the items topic, malformed ones included
+    item_malformed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -334,6 +462,7 @@ class _Capture:
 
     processor: PartitionProcessor
     offset: int
+    items_offset: int
     raw: bytes  # the encoded payload, compressed when written
 
 
@@ -404,6 +533,12 @@ class PartitionProcessor:
         self.counters = counters
         self.checkpointed_offset = offset  # durable in the changelog
         self.scheduled_offset = offset  # captured, on its way to the changelog
+        # What this partition got from the items topic: each item's last value (None: a
+        # tombstone), and the last offset of items partition `partition` applied (-1: none).
+        self.topic_items: dict[str, ItemMeta | None] = {}
+        self.items_offset = -1
+        self.checkpointed_items_offset = -1
+        self.scheduled_items_offset = -1
         self.records_since_checkpoint = 0
         self.closed_since_checkpoint = 0
         self.last_checkpoint_at = time.monotonic()
@@ -427,7 +562,52 @@ class PartitionProcessor:
 
     @property
     def dirty(self) -> bool:
-        return self.offset != self.checkpointed_offset
+        return (
+            self.offset != self.checkpointed_offset
+            or self.items_offset != self.checkpointed_items_offset
+        )
+
+    def restore_items(self, items_offset: int, topic_items: dict[str, ItemMeta | None]) -> None:
+        """Set what a checkpoint says this partition had read from the items topic."""
+        self.topic_items = topic_items
+        self.items_offset = self.checkpointed_items_offset = items_offset
+        self.scheduled_items_offset = items_offset
+
+    def apply_items(self, records: Sequence[Any]) -> int:
+        """Apply records of items partition ``partition`` (those after :attr:`items_offset`,
+        in order); malformed ones are dead-lettered. Returns how many metadata changed."""
+        fresh = [r for r in records if r.offset > self.items_offset]
+        if not fresh:
+            return 0
+        worker = self.worker
+        decoded = decode_item_records(
+            fresh, worker.settings.items_topic, self.partition, worker.events_partitions
+        )
+        state = self.engine.state
+        changed = 0
+        outcomes = worker.metrics.item_records
+        for item_id, meta in decoded.changes:
+            self.topic_items[item_id] = meta
+            changed += set_item_metadata(state, item_id, meta)
+            outcomes.labels(self.label, "removed" if meta is None else "applied").inc()
+        if decoded.dead:
+            outcomes.labels(self.label, "malformed").inc(len(decoded.dead))
+            for letter in decoded.dead:
+                worker.metrics.malformed.labels(letter.category).inc()
+            self._dead_letters(decoded.dead)
+        self.counters.item_records += len(fresh)
+        self.counters.item_malformed += len(decoded.dead)
+        self.items_offset = fresh[-1].offset
+        return changed
+
+    def _dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        worker = self.worker
+        for letter in letters:
+            key, value, headers = dead_letter_record(letter, worker.worker_id)
+            worker.sender.add(
+                worker.settings.dlq_topic, self._dlq_partition(key), key, value, headers
+            )
+            worker.metrics.dead_letters.labels(letter.kind).inc()
 
     def process(self, records: Sequence[Any]) -> None:
         worker = self.worker
@@ -475,12 +655,7 @@ class PartitionProcessor:
                 self.publisher.publish(result)
             self.counters.windows += len(results)
             self.closed_since_checkpoint += len(results)
-        for letter in letters:
-            key, value, headers = dead_letter_record(letter, worker.worker_id)
-            worker.sender.add(
-                worker.settings.dlq_topic, self._dlq_partition(key), key, value, headers
-            )
-            metrics.dead_letters.labels(letter.kind).inc()
+        self._dead_letters(letters)
         self.counters.malformed += len(decoded.dead)
         self.counters.records += len(fresh)
         self.counters.events += applied
@@ -506,7 +681,8 @@ class PartitionProcessor:
         ]
 
     def checkpoint_due(self, now: float) -> bool:
-        if self.offset == self.scheduled_offset:
+        items_moved = self.items_offset != self.scheduled_items_offset
+        if self.offset == self.scheduled_offset and not items_moved:
             return False
         settings = self.worker.settings
         return (
@@ -521,34 +697,18 @@ class PartitionProcessor:
         if callable(state_dict):
             scorer_state = state_dict()
         state = self.engine.state
-        # TrendState.state_dict() slices its per-item arrays to the catalog's size, but the
-        # catalog can outgrow them at a window close (metadata items get codes there) until the
-        # next ingest reserves room; reserve now so the checkpoint covers every item.
-        state._reserve(len(state.catalog))
-        metadata = None
-        # The worker adds metadata only from its items, at the engine's creation.
-        if self.worker.items_fingerprint is not None and len(state.catalog.meta) == len(
-            self.worker.items
-        ):
-            # The item metadata never changes after start: keep it out of every checkpoint (it
-            # is most of state_dict()'s cost) and record which metadata the state was built
-            # with; a restore re-adds the same metadata in the same order.
-            meta, state.catalog.meta = state.catalog.meta, {}
-            try:
-                trend_state = state.state_dict()
-            finally:
-                state.catalog.meta = meta
-            metadata = {"fingerprint": self.worker.items_fingerprint, "items": len(meta)}
-        else:
-            trend_state = state.state_dict()
+        worker = self.worker
+        items = items_checkpoint(state, self.topic_items, self.items_offset)
+        items["topic"] = worker.settings.items_topic
+        items["file"] = {"fingerprint": worker.items_fingerprint, "items": len(worker.items)}
         return {
             "format": CHECKPOINT_FORMAT,
             "topic": self.worker.settings.events_topic,
             "partition": self.partition,
             "offset": self.offset,
-            "trend_state": trend_state,
+            "trend_state": trend_state_without_metadata(state),
             "pending": self.engine.pending_state_dict(),
-            "metadata": metadata,
+            "items": items,
             "scorer": {
                 "name": getattr(self.scorer, "name", None),
                 "version": self.scorer.version,
@@ -561,6 +721,7 @@ class PartitionProcessor:
 
     def mark_scheduled(self, now: float) -> None:
         self.scheduled_offset = self.offset
+        self.scheduled_items_offset = self.items_offset
         self.records_since_checkpoint = 0
         self.closed_since_checkpoint = 0
         self.last_checkpoint_at = now
@@ -829,6 +990,7 @@ class Worker:
         self._consumer: Any = None
         self._producer: Any = None
         self._reader: Any = None
+        self._items_reader: Any = None  # reads the items partitions of self.processors
         self.sender: BatchSender = None  # type: ignore[assignment]
         self._checkpoint_sender: BatchSender = None  # type: ignore[assignment]
         self._steps: deque[asyncio.Future[None]] = deque()
@@ -868,6 +1030,16 @@ class Worker:
             )
         if self.topic_partitions[self.partials_topic] != 1:
             raise RuntimeError(f"{self.partials_topic} must have exactly one partition")
+        if settings.items_topic:
+            spec = items_topic_spec(settings.items_topic, self.events_partitions)
+            self.topic_partitions.update(await ensure_topics(settings, [spec]))
+            if self.topic_partitions[settings.items_topic] != self.events_partitions:
+                raise RuntimeError(
+                    f"{settings.items_topic} has {self.topic_partitions[settings.items_topic]} "
+                    f"partitions but {settings.events_topic} has {self.events_partitions}: they "
+                    "must match (partition p of the items topic holds the metadata of the items "
+                    "of events partition p)"
+                )
         self._producer = AIOKafkaProducer(
             **client_options(settings),
             acks="all",
@@ -882,6 +1054,8 @@ class Worker:
         self.sender = BatchSender(self._producer)
         self._checkpoint_sender = BatchSender(self._producer)
         self._reader = await start_reader(settings)
+        if settings.items_topic:
+            self._items_reader = await start_reader(settings)
 
     async def run(self) -> int:
         from aiokafka import AIOKafkaConsumer
@@ -982,6 +1156,8 @@ class Worker:
             await self._producer.stop()
         if self._reader is not None:
             await self._reader.stop()
+        if self._items_reader is not None:
+            await self._items_reader.stop()
 
     # -------------------------------------------------------------- the group consumer
     # What the aiokafka consumer group does for this worker; the Faust runtime
@@ -1022,6 +1198,7 @@ class Worker:
         durable (outputs acked -> checkpoints written -> offsets committed) without waiting
         for it: the next fetch is processed while the broker acknowledges this one."""
         events_topic = self.settings.events_topic
+        await self._poll_items()
         now = time.monotonic()
         fetched = time.perf_counter()
         got = False
@@ -1067,7 +1244,7 @@ class Worker:
     def _capture(self, processor: PartitionProcessor, now: float) -> _Capture:
         raw = self.store.encode(processor.checkpoint_payload())
         processor.mark_scheduled(now)
-        return _Capture(processor, processor.offset, raw)
+        return _Capture(processor, processor.offset, processor.items_offset, raw)
 
     async def _enqueue(self, step: _Step) -> None:
         previous = self._steps[-1] if self._steps else None
@@ -1115,6 +1292,9 @@ class Worker:
             for capture in step.checkpoints:
                 processor = capture.processor
                 processor.checkpointed_offset = max(processor.checkpointed_offset, capture.offset)
+                processor.checkpointed_items_offset = max(
+                    processor.checkpointed_items_offset, capture.items_offset
+                )
                 tp = TopicPartition(self.settings.events_topic, processor.partition)
                 offsets[tp] = capture.offset + 1
             await self._commit(offsets)
@@ -1217,6 +1397,7 @@ class Worker:
                     await self._seek(tp, offset + 1)
                 else:
                     await self._seek_to_beginning(tp)
+            await self._assign_items()
             self.metrics.assigned.set(len(self.processors))
             if events:
                 self.metrics.restore_seconds.observe(time.perf_counter() - started)
@@ -1258,14 +1439,7 @@ class Worker:
                 "or the same window settings"
             )
         state = TrendState.from_state_dict(payload["trend_state"])
-        metadata = payload.get("metadata")
-        if metadata is not None:
-            if metadata.get("fingerprint") != self.items_fingerprint:
-                raise RuntimeError(
-                    f"partition {partition}'s state was built with other item metadata "
-                    f"({metadata.get('items')} items): start the worker with the same --items"
-                )
-            state.add_metadata(self.items.values())
+        items_offset, topic_items = self._restore_metadata(partition, state, payload)
         scorer_info = payload.get("scorer") or {}
         load = getattr(scorer._scorer, "load_state_dict", None)
         if scorer_info.get("state") is not None and callable(load):
@@ -1279,7 +1453,93 @@ class Worker:
         engine = Engine(self.config, scorer, state=state)  # type: ignore[arg-type]
         engine.load_pending_state_dict(payload.get("pending"))
         counters = Counters(**{k: int(v) for k, v in (payload.get("counters") or {}).items()})
-        return PartitionProcessor(self, partition, engine, scorer, checkpoint.offset, counters)
+        processor = PartitionProcessor(self, partition, engine, scorer, checkpoint.offset, counters)
+        processor.restore_items(items_offset, topic_items)
+        return processor
+
+    def _restore_metadata(
+        self, partition: int, state: TrendState, payload: Mapping[str, Any]
+    ) -> tuple[int, dict[str, ItemMeta | None]]:
+        """Give a restored ``state`` its metadata: the catalog file's, overlaid by what the
+        checkpoint got from the items topic, with the category order it was saved in.
+        Returns the items offset to read on from and the items topic's records."""
+        items = payload.get("items")
+        if items is None:
+            # Written before the items topic: the file's metadata, recorded by fingerprint.
+            old = payload.get("metadata")
+            if old is not None:
+                if old.get("fingerprint") != self.items_fingerprint:
+                    self._warn_catalog_changed(partition, old.get("items"))
+                state.add_metadata(self.items.values())
+            return -1, {}
+        topic_items = restore_items_checkpoint(state, items, self.items)
+        file = items.get("file") or {}
+        if file.get("fingerprint") != self.items_fingerprint:
+            self._warn_catalog_changed(partition, file.get("items"))
+        offset = int(items["offset"])
+        if items.get("topic") != self.settings.items_topic:
+            log.warning(
+                "partition %d: its checkpoint read items topic %r, this worker reads %r: "
+                "reading that one from its beginning",
+                partition,
+                items.get("topic"),
+                self.settings.items_topic,
+            )
+            offset = -1
+        return offset, topic_items
+
+    def _warn_catalog_changed(self, partition: int, then: Any) -> None:
+        log.warning(
+            "partition %d: the --items catalog (%d items) is not the one its state was built "
+            "with (%s items): the current one applies from here on",
+            partition,
+            len(self.items),
+            then,
+        )
+
+    # -------------------------------------------------------------- the items topic
+    async def _assign_items(self) -> None:
+        """Follow the items partitions of the owned events partitions, each from after its
+        checkpoint; apply everything up to their current ends before any event."""
+        reader = self._items_reader
+        if reader is None:
+            return
+        from aiokafka import TopicPartition
+
+        topic = self.settings.items_topic
+        tps = [TopicPartition(topic, p) for p in sorted(self.processors)]
+        if not tps:
+            reader.unsubscribe()
+            return
+        reader.assign(tps)
+        for tp in tps:
+            offset = self.processors[tp.partition].items_offset
+            if offset >= 0:
+                reader.seek(tp, offset + 1)
+            else:
+                await reader.seek_to_beginning(tp)
+        ends = await reader.end_offsets(tps)
+        remaining = {tp for tp in tps if await reader.position(tp) < ends[tp]}
+        applied = 0
+        while remaining:
+            batches = await reader.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batches.items():
+                applied += self.processors[tp.partition].apply_items(records)
+            for tp in list(remaining):
+                if await reader.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        if applied:
+            log.info("item metadata: %d change(s) from %s before the first events", applied, topic)
+
+    async def _poll_items(self) -> None:
+        """Apply the items records that have arrived (no wait), before this round's events."""
+        if self._items_reader is None or not self.processors:
+            return
+        batches = await self._items_reader.getmany(timeout_ms=0)
+        for tp, records in batches.items():
+            processor = self.processors.get(tp.partition)
+            if processor is not None and records:
+                processor.apply_items(records)
 
     async def _restore_merger(self) -> TrendingMerger:
         merger = TrendingMerger(top_n=self.config.top_n, idle_timeout=self.merge_idle_timeout)
@@ -1405,7 +1665,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--items",
         dest="items_source",
         default=None,
-        help="item metadata: dataset name or .inter path (TRAIL_ITEMS_SOURCE)",
+        metavar="FILE",
+        help="item catalog to start from: CSV, Parquet or JSON lines (item_id, title, "
+        "categories, ...), a dataset name or a .inter path (TRAIL_ITEMS_SOURCE)",
+    )
+    parser.add_argument(
+        "--items-topic",
+        default=None,
+        help="compacted item-metadata topic, key = item_id (default items; '' for none)",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="records per batch")
     parser.add_argument(
@@ -1457,6 +1724,7 @@ _SETTING_ARGS = (
     "grace",
     "scorer",
     "items_source",
+    "items_topic",
     "batch_size",
     "metrics_port",
     "checkpoint_interval",
@@ -1484,11 +1752,16 @@ def worker_class(runtime: str) -> type[Worker]:
 
 
 def load_items(source: str | None) -> dict[str, ItemMeta]:
+    """The catalog of ``--items`` (see :func:`streams.eventlog.load_items`), its skipped rows
+    and notes logged; ``{}`` without one."""
     if not source:
         return {}
-    from streams.datasets import load_events
+    from streams.eventlog import load_items as read_catalog
 
-    return dict(load_events(source, progress=False).items)
+    catalog = read_catalog(source)
+    for line in catalog.report():
+        log.warning("%s", line)
+    return dict(catalog.items)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1499,11 +1772,16 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("aiokafka").setLevel(os.environ.get("TRAIL_AIOKAFKA_LOG_LEVEL", "WARNING"))
     from model.registry import scorer_factory
+    from streams.eventlog import DatasetError
     from streams.metrics import WorkerMetrics
 
     settings = settings_from_args(args)
     factory = scorer_factory(settings.scorer, settings)
-    items = load_items(settings.items_source)
+    try:
+        items = load_items(settings.items_source)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     metrics = WorkerMetrics()
     if settings.metrics_port:
         port = metrics.serve(settings.metrics_port)

@@ -379,3 +379,30 @@ def test_the_widget_names_items_from_its_catalog() -> None:
     )
     assert hub.apply_snapshot(snapshot)
     assert [row["title"] for row in hub.view()["items"]] == ["Toy Story", None, "Own title"]
+
+
+def test_train_names_snapshot_rows_from_the_catalog(tmp_path: Path) -> None:
+    """``trail train --items``: the rows of the catalog's items take its titles and categories
+    (the others keep what the replay wrote)."""
+    from model.training import load_snapshot_windows
+    from streams.cli import build_parser
+
+    events = _write(
+        tmp_path / "events.csv",
+        "user_id,item_id,timestamp\n"
+        + "".join(f"u{i % 5},{i % 3},{i * 3600}\n" for i in range(24 * 10)),
+    )
+    snapshots = tmp_path / "snapshots"
+    args = ["replay", str(events), "--window", "1d", "--scorer", "ewma-1", "--print-top", "0"]
+    assert main([*args, "--no-progress", "--snapshots-out", str(snapshots)]) == 0
+    items = _write(tmp_path / "items.csv", "item_id,title,categories\n1,One,A|B\n")
+    catalog = load_items(items).items
+    rows = [row for rows in load_snapshot_windows(snapshots, catalog).values() for row in rows]
+    named = {(row.item_id, row.title, row.categories) for row in rows}
+    assert named == {("0", None, ()), ("1", "One", ("A", "B")), ("2", None, ())}
+    plain = [row for rows in load_snapshot_windows(snapshots).values() for row in rows]
+    assert {row.title for row in plain} == {None} and len(plain) == len(rows)
+    parsed = build_parser("train").parse_args(
+        ["train", str(snapshots), "--out", str(tmp_path / "adapter"), "--items", str(items)]
+    )
+    assert parsed.items == str(items)
