@@ -20,6 +20,7 @@ import river
 from river import linear_model, optim, utils
 
 from streams.scoring import SilentScorer
+from streams.trend.catalog import tie_ranks
 from streams.trend.features import FeatureFrame
 from streams.trend.state import WindowOutcome
 
@@ -152,7 +153,7 @@ class DecayTuned(SilentScorer):
         if len(features) == 0:
             return
         columns = self._columns(features)
-        tie = np.arange(len(features))
+        tie = tie_ranks([str(i) for i in features.item_ids])
         gains = []
         for j in range(columns.shape[1]):
             best = np.lexsort((tie, -columns[:, j]))[: self.top]

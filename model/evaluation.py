@@ -91,10 +91,15 @@ class RankingCollector:
             scores={ids[i]: float(s) for i, s in enumerate(result.scores.tolist())},
             trend={ids[i]: TREND_CATEGORIES[int(c)] for i, c in enumerate(features.trend)},
         )
+        # Each text is judged against the number it was written for: the scorer's forecast
+        # where it makes one (TRAIL explains its calibrated count, not its ranking score).
+        stated = dict(enumerate(result.scores.tolist()))
+        if result.explanations and self.scorer is not None:
+            explained = np.array(sorted(result.explanations), dtype=np.int64)
+            counts, _ = forecasts_of(self.scorer, features, result.scores, explained)
+            stated.update(zip(explained.tolist(), np.log1p(counts).tolist(), strict=True))
         for position, text in result.explanations.items():
-            record.explained.append(
-                (features.record(position), text, float(result.scores[position]))
-            )
+            record.explained.append((features.record(position), text, float(stated[position])))
         if self.scorer is not None:
             top = result.order[:FORECAST_TOP]
             counts, returning = forecasts_of(self.scorer, features, result.scores, top)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +116,15 @@ class TrainingGroup:
         )
 
 
+@dataclass(frozen=True)
+class _Fitted:
+    ranker: lightgbm.Booster
+    counter: lightgbm.Booster
+    returner: lightgbm.Booster
+    windows: tuple[int, ...]
+    seconds: float
+
+
 class OnlineRanker(SilentScorer):
     """LightGBM lambdarank on the trend features, label = next window's returning users.
 
@@ -134,6 +145,11 @@ class OnlineRanker(SilentScorer):
         self._counter: lightgbm.Booster | None = None
         self._returner: lightgbm.Booster | None = None
         self._fitted_on: tuple[int, ...] = ()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[_Fitted] | None = None
+        # Whether score() ran yet: a replay that scores only its last windows fits only then.
+        self._scored = False
         self.columns: list[str] = []
         #: Seconds of each refit (fit plus predict), for benchmarks and logs.
         self.fit_seconds: list[float] = []
@@ -148,7 +164,7 @@ class OnlineRanker(SilentScorer):
         return values
 
     def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
-        """Keep the window's candidates with their labels (the fit waits for :meth:`score`)."""
+        """Keep the window's candidates with their labels and start refitting on them."""
         active = recently_active(features)
         if active.shape[0] == 0:
             return
@@ -167,6 +183,8 @@ class OnlineRanker(SilentScorer):
                 next_returning=outcome.returning[active][positions].astype(np.float32),
             )
         )
+        if self.ready and self._scored:
+            self._start_fit()
 
     def _params(self, objective: str) -> dict[str, Any]:
         config = self.config
@@ -189,41 +207,71 @@ class OnlineRanker(SilentScorer):
             params["lambdarank_truncation_level"] = LABEL_CAP
         return params
 
-    def _fit(self) -> None:
+    def _fit_models(self, groups: tuple[TrainingGroup, ...]) -> _Fitted:
+        """Fit the ranker and the two forecast models on ``groups`` (touches no state, so it
+        can run in the background thread)."""
         started = time.perf_counter()
-        groups = list(self._groups)
         features = np.concatenate([g.features for g in groups])
         labels = np.concatenate([g.labels for g in groups])
         sizes = [g.labels.shape[0] for g in groups]
-        data = lightgbm.Dataset(
-            features, labels, group=sizes, feature_name=self.columns, free_raw_data=True
-        )
-        self._ranker = lightgbm.train(
-            self._params("lambdarank"), data, num_boost_round=self.config.trees
-        )
+        data = lightgbm.Dataset(features, labels, group=sizes, feature_name=self.columns)
+        ranker = lightgbm.train(self._params("lambdarank"), data, num_boost_round=self.config.trees)
         rounds = max(50, self.config.trees // 3)
-        counts = np.concatenate([g.next_counts for g in groups])
-        count_data = lightgbm.Dataset(features, counts, feature_name=self.columns)
-        self._counter = lightgbm.train(self._params("l1"), count_data, num_boost_round=rounds)
-        returning = np.concatenate([g.next_returning for g in groups])
-        returning_data = lightgbm.Dataset(features, returning, feature_name=self.columns)
-        self._returner = lightgbm.train(
-            self._params("l1"), returning_data, num_boost_round=rounds
+        forecasts = []
+        for target in (
+            np.concatenate([g.next_counts for g in groups]),
+            np.concatenate([g.next_returning for g in groups]),
+        ):
+            dataset = lightgbm.Dataset(features, target, feature_name=self.columns)
+            forecasts.append(lightgbm.train(self._params("l1"), dataset, num_boost_round=rounds))
+        return _Fitted(
+            ranker,
+            forecasts[0],
+            forecasts[1],
+            tuple(g.window_end for g in groups),
+            time.perf_counter() - started,
         )
-        self._fitted_on = tuple(g.window_end for g in groups)
-        self.fit_seconds.append(time.perf_counter() - started)
+
+    def _install(self, fitted: _Fitted) -> None:
+        with self._lock:
+            self._ranker, self._counter, self._returner = (
+                fitted.ranker,
+                fitted.counter,
+                fitted.returner,
+            )
+            self._fitted_on = fitted.windows
+        self.fit_seconds.append(fitted.seconds)
 
     @property
     def ready(self) -> bool:
         return len(self._groups) >= self.config.min_windows
 
+    def _wanted(self) -> tuple[int, ...]:
+        return tuple(g.window_end for g in self._groups)
+
+    def _start_fit(self) -> None:
+        """Fit on the current groups in the background thread (LightGBM releases the GIL):
+        a live worker's event loop keeps running, and the next :meth:`score` finds the model
+        ready. The result is the same as fitting in the foreground (deterministic, one
+        thread), so when it is used never changes a ranking."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker-fit")
+        self._pending = self._pool.submit(self._fit_models, tuple(self._groups))
+
     def _refit_if_needed(self) -> None:
-        if self.ready and self._fitted_on != tuple(g.window_end for g in self._groups):
-            self._fit()
+        wanted = self._wanted()
+        if not self.ready or self._fitted_on == wanted:
+            return
+        pending, self._pending = self._pending, None
+        fitted = pending.result() if pending is not None else None
+        if fitted is None or fitted.windows != wanted:
+            fitted = self._fit_models(tuple(self._groups))
+        self._install(fitted)
 
     # ----------------------------------------------------------------- scoring
     def score(self, features: FeatureFrame) -> FloatArray:
         fallback = np.log1p(features.ew_at(1.0))
+        self._scored = True
         self._refit_if_needed()
         if self._ranker is None:
             return fallback
@@ -262,7 +310,15 @@ class OnlineRanker(SilentScorer):
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """The training groups and fitted models as plain data (no pickle)."""
+        """The training groups and fitted models as plain data (no pickle).
+
+        A fit still running in the background is not waited for: the stored models are the
+        last installed ones, and a restored ranker refits to the identical model.
+        """
+        with self._lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> dict[str, Any]:
         return {
             "format": RANKER_STATE_FORMAT,
             "lightgbm": lightgbm.__version__,

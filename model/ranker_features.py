@@ -9,10 +9,13 @@ item's rank under every prior, and the window's size. Nothing here reads a label
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from streams.trend.catalog import tie_ranks
 from streams.trend.features import FeatureFrame
 
 FloatArray = npt.NDArray[np.float64]
@@ -62,7 +65,9 @@ def recently_active(frame: FeatureFrame) -> IndexArray:
 
 
 def candidate_positions(frame: FeatureFrame, top: int) -> IndexArray:
-    """Positions (sorted) of the union of every prior's top ``top`` and the new items.
+    """Positions of the union of every prior's top ``top`` and the new items, in item-id
+    order: the rows a model is fitted on must not depend on the order the catalog met its
+    items in (a worker and a replay meet them differently; bagging samples rows by index).
 
     >>> from streams.trend.state import TrendConfig, TrendState
     >>> from streams.trend.windows import WindowSpec
@@ -75,15 +80,15 @@ def candidate_positions(frame: FeatureFrame, top: int) -> IndexArray:
     ['a', 'd']
     """
     chosen = np.zeros(len(frame), dtype=bool)
+    tie = tie_ranks([str(i) for i in frame.item_ids])
     for values in prior_columns(frame).values():
-        if values.shape[0] > top:
-            best = np.argpartition(-values, top - 1)[:top]
-        else:
-            best = np.arange(values.shape[0])
+        # Ties at the cut go by item id, as in every ranking.
+        best = np.lexsort((tie, -values))[:top]
         chosen[best[values[best] > 0]] = True
     chosen |= frame.age_windows == 0
-    positions: IndexArray = np.flatnonzero(chosen).astype(np.int64)
-    return positions
+    positions = np.flatnonzero(chosen).astype(np.int64)
+    ordered: IndexArray = positions[np.argsort(tie[positions], kind="stable")]
+    return ordered
 
 
 def _ranks(values: FloatArray) -> FloatArray:
@@ -117,7 +122,8 @@ def feature_matrix(
             "log_linear": np.log1p(np.maximum(0.0, sub.count + sub.slope)),
             "log_total": np.log1p(sub.total),
             "share": sub.share,
-            "total_share": sub.total / max(float(frame.total.sum()), 1.0),
+            # math.fsum: exact, so the share does not depend on the order of the rows.
+            "total_share": sub.total / max(math.fsum(frame.total.tolist()), 1.0),
             "log_momentum": np.log(sub.momentum),
             "burstiness": sub.burstiness,
             "age_windows": sub.age_windows.astype(np.float64),

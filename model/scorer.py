@@ -22,8 +22,10 @@ import numpy.typing as npt
 from model.cascade import RankingStage, blended
 from model.explain import complete_sentences
 from model.priors import prior_scores
+from streams.engine import rank_positions
 from streams.scoring import Scorer
 from streams.settings import Settings
+from streams.trend.catalog import tie_ranks
 from streams.trend.features import FeatureFrame
 from streams.trend.state import WindowOutcome
 
@@ -124,7 +126,9 @@ class CascadeScorer:
 
     def score(self, features: FeatureFrame) -> FloatArray:
         scores = self.stage.ranker.score(features).copy()
-        top = np.argsort(-scores, kind="stable")[: self.rescore_top]
+        # The engine's own order (ties by item id), whatever order the catalog met items in.
+        tie = tie_ranks([str(i) for i in features.item_ids])
+        top = rank_positions(scores, tie)[: self.rescore_top]
         if top.size:
             lm = self._rescore([features.record(int(p)) for p in top])
             residuals = lm - prior_scores(features.take(top), self.prior)

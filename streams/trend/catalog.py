@@ -76,11 +76,40 @@ class ItemCatalog:
         """Position of every item when sorted by id: numerically when every id is an integer,
         else as strings. Rankings break score ties by it."""
         if self._tie_order is None or self._tie_order.shape[0] != len(self.ids):
-            if self._all_integer:
-                order = np.argsort(np.asarray(self._integer_ids, dtype=np.int64), kind="stable")
-            else:
-                order = np.argsort(np.asarray(self.ids, dtype=object), kind="stable")
+            order = id_order(self.ids, self._integer_ids if self._all_integer else None)
             positions = np.empty(len(self.ids), dtype=np.int64)
             positions[order] = np.arange(len(self.ids))
             self._tie_order = positions
         return self._tie_order
+
+
+def id_order(ids: Sequence[str], integers: Sequence[int] | None = None) -> IndexArray:
+    """Positions of ``ids`` in the order rankings break ties in: numerically when every id is
+    an integer (``integers``, when the caller already parsed them), else as strings.
+
+    >>> id_order(["10", "9", "11"]).tolist(), id_order(["b", "a", "10"]).tolist()
+    ([1, 0, 2], [2, 1, 0])
+    """
+    if integers is None:
+        try:
+            integers = [int(i) for i in ids]
+        except ValueError:
+            integers = None
+    if integers is not None:
+        keys: npt.NDArray[Any] = np.asarray(integers, dtype=np.int64)
+    else:
+        keys = np.asarray(list(ids), dtype=object)
+    order: IndexArray = np.argsort(keys, kind="stable").astype(np.int64)
+    return order
+
+
+def tie_ranks(ids: Sequence[str]) -> IndexArray:
+    """Each id's place in :func:`id_order` (0 first): the tie key of a ranking of ``ids``.
+
+    >>> tie_ranks(["10", "9", "11"]).tolist()
+    [1, 0, 2]
+    """
+    order = id_order(ids)
+    ranks = np.empty(order.shape[0], dtype=np.int64)
+    ranks[order] = np.arange(order.shape[0])
+    return ranks

@@ -174,6 +174,8 @@ class FeatureFrame:
             "item_ids": [str(i) for i in self.item_ids],
             "window_events": self.window_events,
             "window_users": self.window_users,
+            # Column counts: an empty frame's matrices must keep their shape.
+            "columns": {name: int(getattr(self, name).shape[1]) for name in _MATRIX_FIELDS},
         }
         for name in _ARRAY_FIELDS:
             data[name] = getattr(self, name).tolist()
@@ -187,7 +189,7 @@ class FeatureFrame:
         }
         size = len(data["item_ids"])
         for name in _MATRIX_FIELDS:
-            arrays[name] = arrays[name].reshape(size, -1)
+            arrays[name] = arrays[name].reshape(size, int(data["columns"][name]))
         return cls(
             window_index=int(data["window_index"]),
             window_start=int(data["window_start"]),

@@ -281,6 +281,21 @@ def test_kill_9_with_the_online_river_scorer_gives_the_same_scores(
     _kill_mid_window_and_restart(settings, tmp_path, slice_log, expected)
 
 
+def test_kill_9_with_the_online_ranker_gives_the_same_scores(
+    kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog
+) -> None:
+    """The online LightGBM ranker refits every window (in a background thread): its training
+    groups and models travel in the checkpoint as plain data, so a worker killed mid-window
+    and restarted publishes exactly the scores of an uninterrupted embedded replay."""
+    settings = unique_settings(
+        kafka_bootstrap, "ranker", scorer="ranker", checkpoint_interval="3600s", batch_size=1000
+    )
+    expected = expected_outputs(slice_log, PARTITIONS, settings)
+    versions = {u.model_version for u in expected.updates.values()}
+    assert len(versions) == 1 and next(iter(versions)).startswith("ranker@")
+    _kill_mid_window_and_restart(settings, tmp_path, slice_log, expected)
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_crash_between_publish_and_checkpoint_repeats_with_the_same_keys(
     kafka_bootstrap: str, tmp_path: Path, slice_log: EventLog, expected: Expected, runtime: str

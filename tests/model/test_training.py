@@ -393,12 +393,6 @@ def test_training_never_reads_the_evaluation_hold_out(
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: model/evaluation.py (RankingCollector.publish) judges each explanation "
-    "against the ranking score, not the forecast log1p(count) the text was written for; the "
-    "guard's faithful texts then count as contradicted",
-)
 def test_published_explanations_are_judged_by_the_forecast_they_state(
     tiny_model: Path, events: Path, tmp_path: Path
 ) -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_protocol import BASELINES, WINDOW, beauty_slice, brute_force_metrics  # noqa: F401
+# The slice fixture and the brute-force metrics are test_protocol's own: one definition each.
+from test_protocol import BASELINES, WINDOW, brute_force_metrics
+from test_protocol import beauty_slice as beauty_slice  # noqa: F401 (a fixture)
 
 from streams.cli import main as trail
 
 
 def test_ranker_predictions_score_the_same_under_the_brute_force_protocol(
-    beauty_slice: tuple[Path, list[tuple]], tmp_path: Path
+    beauty_slice: tuple[Path, list[tuple]], tmp_path: Path  # noqa: F811
 ) -> None:
     path, rows = beauty_slice
     report_path = tmp_path / "report.json"

@@ -136,3 +136,24 @@ def test_the_stage_state_round_trips_with_the_blend() -> None:
     copy = RankingStage(FAST)
     copy.load_state_dict(orjson.loads(orjson.dumps(stage.state_dict())))
     assert orjson.dumps(copy.state_dict()) == orjson.dumps(stage.state_dict())
+
+
+def test_rankings_do_not_depend_on_the_order_the_catalog_met_items_in() -> None:
+    """Defect found by the worker's kill -9 test: a worker registers metadata items at its
+    first window close, a replay at its start, so the two catalogs number items differently;
+    the ranker fitted its rows in catalog order and bagging made the models differ. Rows are
+    now in item-id order."""
+    items, users, ts = _log(seed=6)
+    plain = _rankings(items, users, ts, OnlineRanker(FAST))
+    scorer = OnlineRanker(FAST)
+    engine = Engine(EngineConfig(TrendConfig(WindowSpec(W)), explain_top=0), scorer)
+    # Meet every item first in reverse id order: other codes, same events.
+    engine.state.catalog.codes(np.array(sorted(set(items), reverse=True), dtype=object))
+    shuffled: dict[int, list[str]] = {}
+    engine.ingest(
+        engine.state.catalog.codes(items),
+        ts,
+        users=users,
+        on_result=lambda r: shuffled.__setitem__(r.window.index, r.ranking(20)),
+    )
+    assert shuffled == plain

@@ -181,3 +181,15 @@ def test_bloom_seen_users_survive_the_state_dict() -> None:
         state.features(state.seen_rows(), window).recent_returning,
         restored.features(restored.seen_rows(), window).recent_returning,
     )
+
+
+def test_an_empty_frame_round_trips() -> None:
+    """Defect: a frame with no rows (a pending snapshot of a quiet window) could not be read
+    back: its matrices lost their column count, and a worker restore failed on it."""
+    state = TrendState(TrendConfig(WindowSpec(W)))
+    state.ingest(state.catalog.codes(["a"]), np.array([10.0]), users=["u"])
+    state.advance_to(10 * W)
+    frame = state.features(np.zeros(0, dtype=np.int64), state.closed_through or 0)
+    again = type(frame).from_dict(orjson.loads(orjson.dumps(frame.to_dict())), {})
+    assert again.decayed.shape == (0, len(DECAY_FRACTIONS))
+    assert again.recent_users.shape == frame.recent_users.shape
