@@ -352,6 +352,13 @@ class EvaluationReport:
                 "NDCG@10_ratio": ndcg[0],
                 "NDCG@10_ratio_ci": [ndcg[1], ndcg[2]],
             }
+        # What the LM adds on top of the learned ranking alone, paired the same way.
+        ranker = next((r for r in self.reports if r.name == "ranker"), None)
+        trail = next((r for r in self.reports if r.name == "trail"), None)
+        if ranker is not None and trail is not None:
+            vs = paired_ratio_interval(trail.pair_hr10, ranker.pair_hr10)
+            out["trail"]["HR@10_vs_ranker"] = vs[0]
+            out["trail"]["HR@10_vs_ranker_ci"] = [vs[1], vs[2]]
         return out
 
     def to_json(self) -> dict[str, Any]:
