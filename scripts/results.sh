@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Rebuild RESULTS.md: `trail evaluate` of every scorer (baselines, River, the untuned base LM,
-# TRAIL, and SASRec as the personalized reference) on the three datasets, last 8 windows.
+# Rebuild RESULTS.md: `trail evaluate` of every scorer (the classic baselines, River, the
+# tuned decay, the online ranker and its ablations, the untuned base LM, TRAIL, and SASRec as
+# the personalized reference) on the three datasets, last 8 windows.
 # Usage: bash scripts/results.sh [OUT_DIR]   (well over an hour on 2 CPU cores)
 # To re-run one scorer only (a retrained adapter, say):
 #   trail evaluate DATASET --window W --test-windows 8 --scorer trail --json new.json
@@ -9,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/results}
 mkdir -p "$out"
-scorers=(mostpop last-window ewma-1 ewma-2 ewma-4 linear-trend river base-lm trail)
+scorers=(mostpop last-window ewma-1 ewma-2 ewma-4 linear-trend river decay-tuned ranker
+  ranker-count-label ranker-no-subwindow base-lm trail)
 args=()
 for s in "${scorers[@]}"; do args+=(--scorer "$s"); done
 for spec in ml-100k:7d ml-1m:7d amazon-beauty:30d; do
