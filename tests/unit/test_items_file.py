@@ -406,3 +406,16 @@ def test_train_names_snapshot_rows_from_the_catalog(tmp_path: Path) -> None:
         ["train", str(snapshots), "--out", str(tmp_path / "adapter"), "--items", str(items)]
     )
     assert parsed.items == str(items)
+
+
+def test_worker_and_widget_refuse_an_unreadable_catalog_with_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before any broker is contacted: one ``error:`` line and exit status 2, no traceback."""
+    absent = str(tmp_path / "absent.csv")
+    assert (
+        main(["worker", "--items", absent, "--broker", "127.0.0.1:9", "--metrics-port", "0"]) == 2
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {absent}: no such")
+    assert main(["widget", "--items", absent, "--no-source", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {absent}: no such")
