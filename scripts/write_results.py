@@ -178,7 +178,7 @@ def main() -> int:
                 f"| {name} | {f(m['HR@10'])} | {best} {f(results[best]['HR@10'])} "
                 f"| {ratio(m)} | {target:.2f}x | "
                 f"{'met' if value >= target and ndcg_above else 'NOT met'} "
-                f"| {'yes' if ndcg_above else 'no'} | {vs_text} |"
+                f"| {'yes' if ndcg_above else 'no'} | {vs_text} | `{m.get('model_version', '-')}` |"
             )
             raw = m.get("raw_faithfulness")
             raw_contra = m.get("raw_contradiction_rate")
@@ -195,8 +195,9 @@ def main() -> int:
             "## Targets: TRAIL against the best classic baseline and against the ranker alone",
             "",
             "| dataset | TRAIL HR@10 | best classic HR@10 | TRAIL x best [95% CI] | target "
-            "| HR@10 target and NDCG@10 above | NDCG@10 above best | TRAIL x ranker [95% CI] |",
-            "|---|---|---|---|---|---|---|---|",
+            "| HR@10 target and NDCG@10 above | NDCG@10 above best | TRAIL x ranker [95% CI] "
+            "| TRAIL version (`+onnx`: ONNX Runtime, `+int8`: quantized) |",
+            "|---|---|---|---|---|---|---|---|---|",
             *summary,
             "",
         ]
