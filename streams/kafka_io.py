@@ -1,6 +1,6 @@
 """Kafka glue shared by the worker, ``trail produce``/``tail`` and the benchmark.
 
-Thin on purpose (DESIGN.md: decode, call pure code, encode):
+Thin on purpose (docs/architecture.md, "The Kafka worker": decode, call pure code, encode):
 
 - :func:`client_options` turns :class:`~streams.settings.Settings` into aiokafka keyword
   arguments (bootstrap servers, SSL, SASL): the one builder of :mod:`streams.kafka_options`;
