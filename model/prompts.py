@@ -21,6 +21,8 @@ counts ..., total ...
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from model.explain import clean_title, period_name, read_signals
@@ -170,3 +172,190 @@ def chat_prompt(tokenizer: Any, features: ItemFeatures) -> str:
         chat_messages(features), tokenize=False, add_generation_prompt=True
     )
     return str(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Batched tokenization: the chat template rendered once, its pieces tokenized once
+
+#: Stand-ins for the user turn when the chat template is rendered once to find its pieces.
+#: Two different ones: a template that does anything to the content but paste it is caught.
+_PROBES = ("\x00trail-probe-one\x00", "\x00trail-probe-two\x00")
+
+#: Tokenizes a batch of texts without adding special tokens: one list of ids per text.
+EncodeBatch = Callable[[Sequence[str]], list[list[int]]]
+
+
+@dataclass(frozen=True)
+class ChatPieces:
+    """The chat prompt around the user turn: ``prefix + build_prompt(f) + suffix``.
+
+    ``prefix`` holds the system turn and the opening of the user turn, ``suffix`` the end of
+    the user turn and the opening of the assistant's; both are the same for every item.
+    """
+
+    prefix: str
+    suffix: str
+
+    def wrap(self, content: str) -> str:
+        return self.prefix + content + self.suffix
+
+    def to_json(self) -> dict[str, str]:
+        return {"prefix": self.prefix, "suffix": self.suffix}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ChatPieces:
+        if not (
+            isinstance(data, dict)
+            and isinstance(data.get("prefix"), str)
+            and isinstance(data.get("suffix"), str)
+        ):
+            raise ValueError("chat pieces need a string prefix and suffix")
+        return cls(prefix=data["prefix"], suffix=data["suffix"])
+
+
+def chat_pieces(tokenizer: Any) -> ChatPieces | None:
+    """The pieces of ``tokenizer``'s chat template around the user turn, rendered once.
+
+    Returns ``None`` when the template does not simply paste the user's text between two
+    fixed pieces (it would change with the content), and then :func:`chat_prompt` must be
+    rendered per item. SmolLM2's ChatML gives ``("<|im_start|>system\\n...<|im_end|>\\n"
+    "<|im_start|>user\\n", "<|im_end|>\\n<|im_start|>assistant\\n")``.
+    """
+    rendered = []
+    for probe in _PROBES:
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": probe},
+        ]
+        text = str(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+        if text.count(probe) != 1:
+            return None
+        rendered.append(text.split(probe))
+    (prefix, suffix), other = rendered
+    if other != [prefix, suffix]:
+        return None
+    return ChatPieces(prefix=prefix, suffix=suffix)
+
+
+class PromptEncoder:
+    """Token ids of many prompts at once, with the template's pieces tokenized once.
+
+    The ids are exactly those of tokenizing :func:`chat_prompt`'s text (what the adapter was
+    trained on): at construction the encoder checks, on ``samples``, that tokenizing the
+    prompt body alone and joining it to the pieces' ids gives the same ids as tokenizing the
+    whole text (true for byte-level BPE when the pieces end and start at pre-token boundaries,
+    as ChatML's do). Where it does not hold, whole texts are tokenized, still in one batch.
+
+    Parameters
+    ----------
+    pieces
+        The template's pieces (:func:`chat_pieces`).
+    encode_batch
+        The tokenizer: texts to ids, no special tokens added.
+    samples
+        Items whose prompts (and forecast openings) check that joining is exact; the default
+        draws a few synthetic ones of every shape and window length.
+    """
+
+    def __init__(
+        self,
+        pieces: ChatPieces,
+        encode_batch: EncodeBatch,
+        samples: Sequence[ItemFeatures] | None = None,
+    ) -> None:
+        self.pieces = pieces
+        self._encode = encode_batch
+        prefix_ids, suffix_ids = encode_batch([pieces.prefix, pieces.suffix])
+        self.prefix_ids: list[int] = list(prefix_ids)
+        self.suffix_ids: list[int] = list(suffix_ids)
+        if samples is None:
+            samples = _sample_features()
+        self.joined = self._joins_exactly(samples)
+
+    def _joins_exactly(self, samples: Sequence[ItemFeatures]) -> bool:
+        from model.explain import forecast_sentence
+
+        bodies = [build_prompt(f) for f in samples]
+        openings = [forecast_sentence(f, math.log1p(f.ew_1)) for f in samples]
+        whole = self._encode(
+            [self.pieces.wrap(b) for b in bodies]
+            + [self.pieces.wrap(b) + o for b, o in zip(bodies, openings, strict=True)]
+        )
+        joined = self._join(self._encode(bodies))
+        joined += self.extend(joined, openings, exact=True)
+        return [list(ids) for ids in whole] == joined
+
+    def _join(self, bodies: Sequence[Sequence[int]]) -> list[list[int]]:
+        return [self.prefix_ids + list(ids) + self.suffix_ids for ids in bodies]
+
+    def texts(self, features: Sequence[ItemFeatures]) -> list[str]:
+        """The prompts as text (:func:`chat_prompt` of each item, without a template render)."""
+        return [self.pieces.wrap(build_prompt(f)) for f in features]
+
+    def encode(self, features: Sequence[ItemFeatures]) -> list[list[int]]:
+        """Each item's prompt ids: ``tokenize(chat_prompt(tokenizer, f))``, in one batch."""
+        if not features:
+            return []
+        bodies = [build_prompt(f) for f in features]
+        if self.joined:
+            return self._join(self._encode(bodies))
+        return [list(ids) for ids in self._encode([self.pieces.wrap(b) for b in bodies])]
+
+    def extend(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[str],
+        *,
+        exact: bool | None = None,
+    ) -> list[list[int]]:
+        """Ids of each prompt followed by its continuation text (the forced forecast)."""
+        joined = self.joined if exact is None else exact
+        if joined:
+            tails = self._encode(list(continuations))
+            return [list(p) + list(t) for p, t in zip(prompts, tails, strict=True)]
+        raise ValueError("extend needs exact joining; tokenize the whole texts instead")
+
+    def encode_with(
+        self, features: Sequence[ItemFeatures], continuations: Sequence[str]
+    ) -> list[list[int]]:
+        """Each item's prompt ids followed by those of its continuation text, in one batch."""
+        if not features:
+            return []
+        if self.joined:
+            return self.extend(self.encode(features), continuations)
+        texts = [
+            self.pieces.wrap(build_prompt(f)) + c
+            for f, c in zip(features, continuations, strict=True)
+        ]
+        return [list(ids) for ids in self._encode(texts)]
+
+
+def _sample_features() -> list[ItemFeatures]:
+    import random
+
+    from model.tiny import SHAPES, WINDOW_LENGTHS, synthetic_features
+
+    rng = random.Random(20260)  # noqa: S311 - fixed check inputs, not security
+    return [
+        synthetic_features(
+            rng,
+            shape=SHAPES[i % len(SHAPES)],
+            window_seconds=WINDOW_LENGTHS[i % len(WINDOW_LENGTHS)],
+            with_metadata=i % 4 != 3,
+        )
+        for i in range(10)
+    ]
+
+
+def transformers_encoder(tokenizer: Any) -> PromptEncoder | None:
+    """A :class:`PromptEncoder` over a transformers tokenizer (``None`` without pieces)."""
+    pieces = chat_pieces(tokenizer)
+    if pieces is None:
+        return None
+
+    def encode_batch(texts: Sequence[str]) -> list[list[int]]:
+        return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    return PromptEncoder(pieces, encode_batch)

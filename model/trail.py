@@ -39,7 +39,7 @@ from torch import nn
 from export.runtime import ModelLoadError, check_files, file_entries
 from model.explain import complete_sentences, forecast_sentence
 from model.priors import PRIORS, prior_log_count
-from model.prompts import chat_prompt
+from model.prompts import PromptEncoder, chat_prompt, transformers_encoder
 from schemas import ItemFeatures
 
 ADAPTER_FORMAT = "trail-adapter@1"
@@ -250,6 +250,8 @@ class TrailModel(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.head = ScoreHead(int(lm.config.hidden_size))
+        self._prompt_encoder: PromptEncoder | None = None
+        self._prompt_encoder_checked = False
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -338,6 +340,41 @@ class TrailModel(nn.Module):
     def prompt_text(self, features: ItemFeatures) -> str:
         return chat_prompt(self.tokenizer, features)
 
+    @property
+    def prompt_encoder(self) -> PromptEncoder | None:
+        """Batched prompt ids with the template's pieces tokenized once (None: no pieces)."""
+        if not self._prompt_encoder_checked:
+            self._prompt_encoder = transformers_encoder(self.tokenizer)
+            self._prompt_encoder_checked = True
+        return self._prompt_encoder
+
+    def prompt_ids(
+        self, features: Sequence[ItemFeatures], continuations: Sequence[str] | None = None
+    ) -> list[list[int]]:
+        """Each item's prompt ids (then its continuation's): those of tokenizing
+        :meth:`prompt_text` (plus the continuation), without rendering the template per item."""
+        encoder = self.prompt_encoder
+        if encoder is not None:
+            if continuations is None:
+                return encoder.encode(features)
+            return encoder.encode_with(features, continuations)
+        texts = [self.prompt_text(f) for f in features]
+        if continuations is not None:
+            texts = [t + c for t, c in zip(texts, continuations, strict=True)]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    def batch_of(self, rows: Sequence[Sequence[int]]) -> Batch:
+        """Right-padded token ids, as :meth:`encode` makes them from the same prompts' texts."""
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+            mask[i, : len(ids)] = 1
+        last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
+        return Batch(input_ids, mask, last, None)
+
     def encode(
         self,
         prompts: Sequence[str],
@@ -420,8 +457,7 @@ class TrailModel(nn.Module):
         results = []
         for start in range(0, len(features), batch_size):
             chunk = features[start : start + batch_size]
-            batch = self.encode([self.prompt_text(f) for f in chunk])
-            residual, _ = self.forward(batch)
+            residual, _ = self.forward(self.batch_of(self.prompt_ids(chunk)))
             prior = torch.tensor([prior_log_count(f, self.config.prior) for f in chunk])
             results.append((prior + residual.float().cpu()).clamp(min=0.0).numpy())
         return np.concatenate(results) if results else np.zeros(0)
@@ -439,10 +475,7 @@ class TrailModel(nn.Module):
                 forecast_sentence(f, float(s))
                 for f, s in zip(chunk, scores[start : start + batch_size], strict=True)
             ]
-            prompts = [
-                self.prompt_text(f) + opening for f, opening in zip(chunk, forced, strict=True)
-            ]
-            generated = self.generate(prompts)
+            generated = self.generate_from_ids(self.prompt_ids(chunk, forced))
             texts += [
                 complete_sentences(opening + text)
                 for opening, text in zip(forced, generated, strict=True)
@@ -451,18 +484,28 @@ class TrailModel(nn.Module):
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
         """Greedy continuation of each prompt (left-padded batch), up to ``<|im_end|>``."""
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        return self.generate_from_ids(encoded)
+
+    def generate_from_ids(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """Greedy continuation of each row of prompt ids (one left-padded batch)."""
         tokenizer = self.tokenizer
-        tokenizer.padding_side = "left"
-        encoded = tokenizer(
-            list(prompts), add_special_tokens=False, return_tensors="pt", padding=True
-        )
+        pad = tokenizer.pad_token_id
+        width = max(len(r) for r in rows)
+        # Left padding, as tokenizer(..., padding=True) with padding_side="left" gives it.
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+            mask[i, width - len(ids) :] = 1
         end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         output = self.lm.generate(
-            **encoded.to(self.device),
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
             max_new_tokens=self.config.max_explanation_tokens,
             do_sample=False,
             eos_token_id=end_id,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad,
         )
-        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        new_tokens = output[:, width:]
         return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
