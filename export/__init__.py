@@ -11,3 +11,19 @@ DEFAULT_OPSET = 18
 DEFAULT_MAX_ABS_DIFF = 1e-3
 #: Validation prompts (synthetic items) compared between PyTorch and ONNX.
 DEFAULT_PROMPTS = 8
+
+# int8 dynamic quantization (``trail export --int8``, and the cache's exports): what it must
+# keep of fp32 to be served, checked at export and written into the manifest.
+#: Largest |fp32 - int8| difference of a residual on the validation prompts.
+INT8_MAX_ABS_DIFF = 0.1
+#: Smallest share of the fp32 top 10 that int8 keeps, in every validation window, ranking by
+#: the cascade's blend at its largest LM weight (the ranking most sensitive to the residual).
+INT8_MIN_TOP10_OVERLAP = 0.8
+#: Largest drop of the explanations' faithfulness (checker, before the guard) from fp32.
+INT8_MAX_FAITHFULNESS_DROP = 0.05
+#: A weight matrix keeps fp32 when its input's largest magnitude exceeds this many times its
+#: mean magnitude on the calibration prompts: one per-tensor int8 scale cannot resolve both
+#: (SmolLM2's MLP down-projections of a few layers see activations in the thousands).
+INT8_OUTLIER_RATIO = 150.0
+#: Whether ``auto`` serves int8 on the CPU when an export's int8 graphs passed the above.
+INT8_DEFAULT_ON_CPU = False

@@ -1,4 +1,8 @@
-"""``trail export [ADAPTER_DIR] --out DIR``: merge, export to ONNX, validate, write a manifest.
+"""``trail export [ADAPTER_DIR] --out DIR [--int8]``: merge, export to ONNX, validate, write a
+manifest; with ``--int8`` also int8 graphs, judged against fp32 (the manifest's ``int8``).
+
+``trail replay`` and the worker need no explicit export: the first use of an adapter exports
+it into the cache (:mod:`export.cache`).
 
 Exit status: 0 when the export passed validation, 1 when it was written but failed validation
 (the manifest says ``"status": "failed"`` and the runtime refuses it), 2 on errors.
@@ -34,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"largest accepted score difference from PyTorch (default {DEFAULT_MAX_ABS_DIFF})",
     )
     parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write int8 dynamic-quantization graphs, validated against fp32",
+    )
+    parser.add_argument(
         "--prompts",
         type=int,
         default=DEFAULT_PROMPTS,
@@ -62,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             opset=args.opset,
             max_abs_diff=args.max_abs_diff,
             prompts=args.prompts,
+            int8=args.int8,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -86,5 +96,9 @@ def run(args: argparse.Namespace) -> int:
         f"{validation['prompts_checked']} prompts, {manifest['export_seconds']['total']:.0f} s",
         file=sys.stderr,
     )
+    if "int8" in manifest:
+        int8 = manifest["int8"]
+        verdict = "passed" if int8["status"] == "ok" else "FAILED (served only in fp32)"
+        print(f"int8 graphs {verdict}: {int8['validation']}", file=sys.stderr)
     print(summary)
     return 0

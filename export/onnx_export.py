@@ -1,4 +1,4 @@
-"""Merge a TRAIL adapter into its base LM, export two ONNX graphs, validate them, write a manifest.
+"""Merge a TRAIL adapter into its base LM, export it to ONNX, validate it, write a manifest.
 
 Steps (each prints a progress line):
 
@@ -6,16 +6,20 @@ Steps (each prints a progress line):
    on real prompts: the score head's residuals and greedy explanation tokens, both from the
    unmerged PEFT model, i.e. exactly what :class:`model.scorer.TrailScorer` serves;
 2. merge the LoRA weights into the base (``merge_and_unload``) and save the merged LM and the
-   tokenizer to a temporary folder;
+   tokenizer to a temporary folder; ``prompt.json`` gets the chat template's text around the
+   user turn, so that the runtime tokenizes prompts in batches without rendering a template;
 3. the generator: optimum-onnx ``main_export(task="text-generation-with-past")`` into
    ``generator/``; its ``logits`` output is then cut to the last position (only that one is
    ever read, and the full ``(batch, prompt, vocab)`` tensor of the first step is large);
-4. the scorer: ``(input_ids, attention_mask) -> residual`` of the score head on the last prompt
-   token, with ``torch.onnx.export(dynamo=True)`` (the TorchScript exporter fails on current
-   Llama masks) and dynamic batch and sequence axes;
+4. the scorer: the generator's graph with the score head (LayerNorm and Linear) on the last
+   position's final hidden state, ``residual`` its only output; it keeps the generator's
+   inputs, so the runtime passes the template's common opening as a cached past, and no
+   second tracing of the model is needed;
 5. validation with the serving code (:mod:`export.runtime`) on the CPU: the residuals' max abs
-   difference against a threshold, and greedy tokens identical for every prompt;
-6. ``manifest.json`` last: hashes, opset, versions, base model, adapter, config, validation.
+   difference against a threshold, greedy tokens identical for every prompt, and the batched
+   prompt ids identical to the chat template's;
+6. with ``int8``: both graphs quantized (:mod:`export.quantize`) and judged against fp32;
+7. ``manifest.json`` last: hashes, opset, versions, base model, adapter, config, validation.
 
 The export is staged in a hidden sibling folder and renamed into place at the end, so a
 :class:`export.runtime.ModelWatcher` never sees half of one.
@@ -31,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,7 @@ from export.runtime import (
     GENERATOR_FILE,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
+    PROMPT_FILE,
     SCORER_FILE,
     TOKENIZER_DIR,
     OrtTrailModel,
@@ -54,6 +60,7 @@ from export.runtime import (
 )
 from model.explain import forecast_sentence
 from model.priors import prior_log_count
+from model.prompts import chat_pieces
 from model.scorer import adapter_version
 from model.trail import TrailModel
 from schemas import ItemFeatures
@@ -70,34 +77,6 @@ def _stderr(message: str) -> None:
 
 class ExportError(RuntimeError):
     """The export itself could not be produced (not a validation failure)."""
-
-
-class ScorerModule(nn.Module):
-    """The merged LM body and the score head: token ids -> residual of the last prompt token.
-
-    Prompts are right-padded, so the last token of row ``i`` sits at ``mask[i].sum() - 1``.
-    The 4-D additive mask is built here from the 2-D one, because transformers' own mask
-    builder (vmap over index functions) does not trace under ``torch.export``; a 4-D mask is
-    passed through unchanged.
-    """
-
-    def __init__(self, body: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-        self.head = head
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)
-        causal = positions[None, :] <= positions[:, None]
-        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
-        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
-        hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False)
-        states = hidden.last_hidden_state
-        last = attention_mask.sum(dim=1) - 1
-        rows = torch.arange(states.shape[0], device=states.device)
-        residual: torch.Tensor = self.head(states[rows, last])
-        return residual
 
 
 # ---------------------------------------------------------------------------- references
@@ -210,30 +189,92 @@ def last_position_logits(path: Path) -> bool:
     return True
 
 
-def export_scorer(model: TrailModel, merged: Any, path: Path, opset: int) -> None:
-    """The score head on the merged LM body, with ``torch.onnx.export(dynamo=True)``."""
-    module = ScorerModule(merged.base_model, model.head).eval()
-    sample = model.encode([model.prompt_text(f) for f in validation_features(2, seed=1)])
-    weights = sum(p.numel() * p.element_size() for p in module.parameters())
-    with torch.no_grad():
-        program = torch.onnx.export(
-            module,
-            (sample.input_ids, sample.attention_mask),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["residual"],
-            # Named string axes become Dim.DYNAMIC: named torch.export.Dims fail on the
-            # attention's implicit "batch != 1" guard, which holds for real batches anyway.
-            dynamic_shapes={
-                "input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"},
-            },
-            verbose=False,
-        )
-    if program is None:  # only the TorchScript path returns None
-        raise ExportError("torch.onnx.export returned no program")
-    program.save(str(path), external_data=weights > EXTERNAL_DATA_BYTES)
+def attach_score_head(generator: Path, head: nn.Module, path: Path) -> None:
+    """The scorer: ``generator``'s graph with the score head on its last position, saved.
+
+    The head reads the final (normed) hidden state of the last position, which is where
+    :func:`last_position_logits` cut the LM head's input, so rows are left-padded. Only
+    ``residual`` is an output: nodes it does not need (the LM head, the cache outputs'
+    copies) are pruned, the inputs (a KV cache among them) are kept.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(generator))
+    graph = model.graph
+    slicer = next((n for n in graph.node if n.name == "trail_last_position_slice"), None)
+    if slicer is None:
+        raise ExportError(f"{generator}: no last-position slice before the LM head")
+    hidden = slicer.output[0]
+    norm, proj = head.norm, head.proj  # type: ignore[union-attr]
+    tensors = {
+        "trail_head_norm_weight": norm.weight.detach().float().numpy(),
+        "trail_head_norm_bias": norm.bias.detach().float().numpy(),
+        "trail_head_weight": proj.weight.detach().float().numpy().T.copy(),  # (hidden, 1)
+        "trail_head_bias": proj.bias.detach().float().numpy(),
+        "trail_head_shape": np.array([-1], dtype=np.int64),
+    }
+    for name, value in tensors.items():
+        graph.initializer.append(numpy_helper.from_array(value, name))
+    graph.node.extend(
+        [
+            helper.make_node(
+                "LayerNormalization",
+                [hidden, "trail_head_norm_weight", "trail_head_norm_bias"],
+                ["trail_head_normed"],
+                name="trail_head_norm",
+                axis=-1,
+                epsilon=float(norm.eps),
+            ),
+            helper.make_node(
+                "MatMul",
+                ["trail_head_normed", "trail_head_weight"],
+                ["trail_head_projected"],
+                name="trail_head_proj",
+            ),
+            helper.make_node(
+                "Add",
+                ["trail_head_projected", "trail_head_bias"],
+                ["trail_head_sum"],
+                name="trail_head_add",
+            ),
+            helper.make_node(
+                "Reshape",
+                ["trail_head_sum", "trail_head_shape"],
+                ["residual"],
+                name="trail_head_reshape",
+            ),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("residual", onnx.TensorProto.FLOAT, [None]))
+    _prune(graph)
+    size = sum(t.ByteSize() for t in graph.initializer)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=size > EXTERNAL_DATA_BYTES,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data" if size > EXTERNAL_DATA_BYTES else None,
+    )
+
+
+def _prune(graph: Any) -> None:
+    """Drop the nodes and weights no output needs (graph inputs are kept)."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+            for attribute in node.attribute:  # subgraphs (If/Loop) read outer names too
+                for sub in [attribute.g, *attribute.graphs]:
+                    needed.update(i for n in sub.node for i in n.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    weights = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
 
 
 # ---------------------------------------------------------------------------- manifest
@@ -265,8 +306,12 @@ def _ort_builds() -> list[str]:
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest`` with the hashes of every file in ``out_dir``, atomically (a reader
+    sees the old manifest or the new one, never half of one)."""
     manifest = {**manifest, "files": file_entries(out_dir, export_files(out_dir))}
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    temporary = out_dir / f".{MANIFEST_FILE}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+    temporary.replace(out_dir / MANIFEST_FILE)
     return manifest
 
 
@@ -302,19 +347,25 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
     prompts: int = DEFAULT_PROMPTS,
+    int8: bool = False,
     log: Log = _stderr,
 ) -> dict[str, Any]:
-    """Export ``adapter_dir`` to ``out_dir``; returns the manifest (``status`` ok or failed)."""
+    """Export ``adapter_dir`` to ``out_dir``; returns the manifest (``status`` ok or failed).
+
+    With ``int8`` the export also holds int8 graphs, judged against the fp32 ones in the
+    manifest's ``int8`` section (served only where they held; see :mod:`export.quantize`).
+    """
     adapter_dir = Path(adapter_dir)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    steps = 7
 
     def step(name: str, began: float) -> None:
         timings[name] = round(time.perf_counter() - began, 2)
-        log(f"  done in {timings[name]:.1f} s")
+        log(f"  done in {timings[name]:.1f} s ({time.perf_counter() - started:.0f} s so far)")
 
-    log(f"[1/6] loading the adapter {adapter_dir}")
+    log(f"[1/{steps}] loading the adapter {adapter_dir} and its PyTorch references")
     began = time.perf_counter()
     model = TrailModel.load(adapter_dir, base_model=base_model)
     features = validation_features(prompts)
@@ -323,9 +374,12 @@ def export_model(
 
     staging = _prepare_out(out_dir)
     try:
-        with tempfile.TemporaryDirectory(prefix="trail-merged-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="trail-merged-") as tmp, warnings.catch_warnings():
+            # The tracers warn about every shape-dependent branch of the Llama code: pages of
+            # noise that say nothing about this export (the validation below does).
+            warnings.simplefilter("ignore")
             merged_dir = Path(tmp)
-            log("[2/6] merging LoRA into the base model")
+            log(f"[2/{steps}] merging LoRA into the base model")
             began = time.perf_counter()
             merged = (
                 model.lm.merge_and_unload() if hasattr(model.lm, "merge_and_unload") else model.lm
@@ -335,20 +389,25 @@ def export_model(
             model.tokenizer.padding_side = "right"
             model.tokenizer.save_pretrained(str(merged_dir))
             model.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+            pieces = chat_pieces(model.tokenizer)
+            if pieces is not None:
+                (staging / PROMPT_FILE).write_text(json.dumps(pieces.to_json(), indent=2) + "\n")
             step("merge", began)
+            del merged
 
-            log(f"[3/6] exporting the generator (optimum-onnx, KV cache, opset {opset})")
+            log(f"[3/{steps}] exporting the generator (optimum-onnx, KV cache, opset {opset})")
             began = time.perf_counter()
             export_generator(merged_dir, staging / GENERATOR_DIR, opset)
             step("generator_export", began)
 
-        log(f"[4/6] exporting the scorer (torch.onnx dynamo, opset {opset})")
+        log(f"[4/{steps}] the scorer: the score head on the generator's last position")
         began = time.perf_counter()
-        export_scorer(model, merged, staging / SCORER_FILE, opset)
+        attach_score_head(staging / GENERATOR_FILE, model.head, staging / SCORER_FILE)
         step("scorer_export", began)
-        del merged, model
+        tokenizer = model.tokenizer
+        del model
 
-        log(f"[5/6] validating against PyTorch on {len(features)} prompts (CPU)")
+        log(f"[5/{steps}] validating against PyTorch on {len(features)} prompts (CPU)")
         began = time.perf_counter()
         config = json.loads((adapter_dir / "trail_config.json").read_text())
         version = f"{adapter_version(adapter_dir)}+onnx"
@@ -360,6 +419,8 @@ def export_model(
             "scorer": SCORER_FILE,
             "generator": GENERATOR_FILE,
             "tokenizer": TOKENIZER_DIR,
+            "prompt": PROMPT_FILE if pieces is not None else None,
+            "scorer_graph": "generator body + score head, last position, left-padded",
             "generator_logits": "last-position",
             "dtype": "float32",
             "opset": opset,
@@ -374,19 +435,51 @@ def export_model(
         validation = validate(
             staging, features, reference, explain_prompts, reference_tokens, max_abs_diff
         )
+        validation["prompt_ids_identical"] = prompt_ids_identical(staging, tokenizer, features)
+        validation["passed"] = bool(validation["passed"] and validation["prompt_ids_identical"])
         step("validation", began)
         manifest["status"] = "ok" if validation["passed"] else "failed"
         manifest["validation"] = validation
+
+        if int8 and manifest["status"] == "ok":
+            from export.quantize import quantize_export
+
+            log(f"[6/{steps}] int8: calibrating, quantizing and validating against fp32")
+            began = time.perf_counter()
+            manifest["int8"] = quantize_export(staging, manifest, write_manifest, log)
+            step("int8", began)
+        else:
+            reason = "not asked for" if not int8 else "the fp32 export failed its validation"
+            log(f"[6/{steps}] int8: skipped ({reason})")
         timings["total"] = round(time.perf_counter() - started, 2)
         manifest["export_seconds"] = timings
 
-        log("[6/6] writing the manifest")
+        log(f"[7/{steps}] writing the manifest")
         manifest = write_manifest(staging, manifest)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def prompt_ids_identical(
+    export_dir: Path, tokenizer: Any, features: Sequence[ItemFeatures]
+) -> bool:
+    """Whether the runtime's batched prompt ids (with and without the forced forecast) are the
+    ids of tokenizing the chat template's rendering with ``tokenizer``, as in training."""
+    from model.prompts import chat_prompt
+
+    runtime = OrtTrailModel(export_dir, providers=[CPU], verify=False)
+    openings = [forecast_sentence(f, prior_log_count(f)) for f in features]
+    texts = [chat_prompt(tokenizer, f) for f in features]
+    expected = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    expected += [
+        tokenizer(t + o, add_special_tokens=False)["input_ids"]
+        for t, o in zip(texts, openings, strict=True)
+    ]
+    found = runtime.prompt_ids(features) + runtime.prompt_ids(features, openings)
+    return [list(e) for e in expected] == found
 
 
 def validate(
@@ -399,9 +492,9 @@ def validate(
 ) -> dict[str, Any]:
     """Compare the export, run by the serving code on the CPU, with the PyTorch references.
 
-    Scores go through small length buckets (so several batch shapes are checked); the greedy
-    check decodes all prompts as one left-padded batch, like the reference, so that both
-    sides see the same padding.
+    Scores go through small length buckets (so several batch shapes are checked) with the
+    template's opening as a cached past, as served; the greedy check decodes all prompts as
+    one left-padded batch, like the reference, so that both sides see the same padding.
     """
     runtime = OrtTrailModel(export_dir, providers=[CPU], verify=False)
     prompts = [runtime.prompt_text(f) for f in features]

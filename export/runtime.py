@@ -3,21 +3,24 @@
 An export folder (written by ``trail export``, see :mod:`export.onnx_export`) holds::
 
     manifest.json         format, sha256 of every file, versions, validation results
-    scorer.onnx           (input_ids, attention_mask) -> residual of the score head
+    scorer.onnx           the score head on the LM body: ids (and a cached past) -> residual
     generator/model.onnx  causal LM with a KV cache (optimum-onnx layout), for explanations
-    tokenizer/            the tokenizer with its chat template
+    tokenizer/            the tokenizer (tokenizer.json) with its chat template
+    prompt.json           the chat template's text around the user turn, rendered once
+    scorer.int8.onnx      optional: both graphs with int8 dynamic quantization, validated
+    generator/model.int8.onnx   against fp32 (the manifest's ``int8`` section)
 
 :class:`OrtTrailScorer` serves one export exactly like the PyTorch
-:class:`model.scorer.TrailScorer`: the recency prior scores every item, the prior's top
-``rescore_top`` get prior + ORT residual, and explanations are the forced forecast sentence
-followed by greedy ORT generation. :class:`ReloadingScorer` watches a folder and swaps in a
-newer export between windows, keeping the old one when the new one does not load.
+:class:`model.scorer.TrailScorer`: the online ranker orders every item, its top
+``rescore_top`` get the LM's residual blended in, and explanations are the forced forecast
+sentence followed by greedy ORT generation. :class:`ReloadingScorer` watches a folder and
+swaps in a newer export between windows, keeping the old one when the new one does not load.
 
-This module imports no torch itself (transformers may, to load the tokenizer): the prior, the
+This module imports no torch and, for exports with ``prompt.json``, no transformers: prompts
+are tokenized with ``tokenizers`` directly, their template pieces once. The prior, the
 forecast sentence, the cascade and the explanation guard are the torch-free ones the PyTorch
-scorer uses too. All ORT work is
-synchronous; an asyncio caller runs it off the event loop with
-:meth:`OrtTrailScorer.score_async` / :meth:`OrtTrailScorer.explain_async`.
+scorer uses too. All ORT work is synchronous; an asyncio caller runs it off the event loop
+with :meth:`OrtTrailScorer.score_async` / :meth:`OrtTrailScorer.explain_async`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +42,7 @@ import numpy.typing as npt
 
 from model.explain import complete_sentences, forecast_sentence
 from model.priors import prior_log_count
-from model.prompts import chat_prompt
+from model.prompts import ChatPieces, PromptEncoder, build_prompt, chat_pieces, chat_prompt
 from model.scorer import CascadeScorer
 from schemas import ItemFeatures
 from streams.trend.features import FeatureFrame
@@ -49,13 +53,20 @@ IntArray = npt.NDArray[np.int64]
 
 log = logging.getLogger("trail.export")
 
-#: Layout version of an export folder; the runtime refuses any other.
-MANIFEST_FORMAT = "trail-onnx@1"
+#: Layout version of the exports written now. ``@2``: the scorer is the generator's body with
+#: the score head (it takes a KV cache), ``prompt.json`` holds the template's pieces, and
+#: int8 graphs may sit beside the fp32 ones.
+MANIFEST_FORMAT = "trail-onnx@2"
+#: Layouts the runtime serves (``@1``: a separately exported scorer, right-padded, no cache).
+SERVED_FORMATS = ("trail-onnx@1", MANIFEST_FORMAT)
 MANIFEST_FILE = "manifest.json"
 SCORER_FILE = "scorer.onnx"
 GENERATOR_DIR = "generator"
 GENERATOR_FILE = f"{GENERATOR_DIR}/model.onnx"
 TOKENIZER_DIR = "tokenizer"
+PROMPT_FILE = "prompt.json"
+INT8_SCORER_FILE = "scorer.int8.onnx"
+INT8_GENERATOR_FILE = f"{GENERATOR_DIR}/model.int8.onnx"
 #: Files an export cannot serve without (beyond what the manifest lists).
 REQUIRED_FILES = (SCORER_FILE, GENERATOR_FILE, f"{TOKENIZER_DIR}/tokenizer_config.json")
 
@@ -126,11 +137,12 @@ def check_files(
 
 
 def export_files(model_dir: Path) -> list[str]:
-    """Every file of an export (relative POSIX paths), the manifest excepted."""
+    """Every file of an export (relative POSIX paths), the manifest and hidden files (work in
+    progress) excepted."""
     return sorted(
         path.relative_to(model_dir).as_posix()
         for path in model_dir.rglob("*")
-        if path.is_file() and path.name != MANIFEST_FILE
+        if path.is_file() and path.name != MANIFEST_FILE and not path.name.startswith(".")
     )
 
 
@@ -155,10 +167,10 @@ def read_manifest(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in SERVED_FORMATS:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ModelLoadError(
-            f"{model_dir}: export format {found!r} is not {MANIFEST_FORMAT!r}; "
+            f"{model_dir}: export format {found!r} is none of {', '.join(SERVED_FORMATS)}; "
             "re-export with this version of TRAIL (`trail export`)"
         )
     if manifest.get("status") != "ok":
@@ -250,8 +262,51 @@ def _device_of(session: Any) -> str:
     return "cuda" if session.get_providers()[0] == CUDA else "cpu"
 
 
+def _past_layout(inputs: dict[str, Any]) -> tuple[dict[str, tuple[int, int]], dict[str, Any]]:
+    """Cache tensors are ``(batch, kv_heads, length, head_dim)``: heads, dims and dtypes."""
+    shapes: dict[str, tuple[int, int]] = {}
+    types: dict[str, Any] = {}
+    for name, spec in inputs.items():
+        if name.startswith("past_key_values."):
+            shapes[name] = (int(spec.shape[1]), int(spec.shape[3]))
+            types[name] = _NUMPY_TYPES.get(spec.type, np.float32)
+    return shapes, types
+
+
+def left_padded(
+    rows: Sequence[Sequence[int]], pad_id: int, past_length: int = 0
+) -> tuple[IntArray, IntArray, IntArray]:
+    """``(input_ids, attention_mask, position_ids)`` of left-padded rows after a past.
+
+    The mask covers the past too; positions count real tokens only (``cumsum(mask) - 1``),
+    as ``transformers``' ``generate`` computes them, and padding gets position 1.
+
+    >>> ids, mask, positions = left_padded([[7, 8], [9]], pad_id=0, past_length=2)
+    >>> ids.tolist(), mask.tolist(), positions.tolist()
+    ([[7, 8], [0, 9]], [[1, 1, 1, 1], [1, 1, 0, 1]], [[2, 3], [1, 2]])
+    """
+    batch = len(rows)
+    width = max(len(r) for r in rows)
+    input_ids = np.full((batch, width), pad_id, dtype=np.int64)
+    mask = np.zeros((batch, past_length + width), dtype=np.int64)
+    mask[:, :past_length] = 1
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = row
+        mask[i, past_length + width - len(row) :] = 1
+    positions = np.cumsum(mask, axis=1)[:, past_length:] - 1
+    positions[mask[:, past_length:] == 0] = 1
+    return input_ids, mask, positions
+
+
 class ScorerGraph:
-    """``scorer.onnx``: right-padded token ids -> residual of the score head, one per row."""
+    """The score head's graph: token ids -> residual of each row's last prompt token.
+
+    Exports from ``trail-onnx@2`` on hold the head on the generator's own body, with its inputs
+    (a KV cache among them): rows are left-padded, the head reads the last position, and the
+    chat template's opening, the same for every item, can be passed once as a cached past.
+    ``trail-onnx@1`` scorers take ``(input_ids, attention_mask)`` only and read the last real
+    token of right-padded rows. :attr:`with_past` tells which.
+    """
 
     def __init__(
         self,
@@ -266,27 +321,53 @@ class ScorerGraph:
         self.device = _device_of(self.session)
         # IO binding pays off on the GPU (no implicit copies); on the CPU it is the same work.
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if "input_ids" not in inputs or "attention_mask" not in inputs:
+            raise ModelLoadError(f"{path} is not a TRAIL scorer (inputs: {[*inputs]})")
+        self.past_shapes, self.past_types = _past_layout(inputs)
+        self.with_past = bool(self.past_shapes)
+        self.uses_position_ids = "position_ids" in inputs
 
-    def __call__(self, input_ids: IntArray, attention_mask: IntArray) -> npt.NDArray[np.float32]:
+    def empty_past(self, batch: int) -> dict[str, npt.NDArray[Any]]:
+        return {
+            name: np.zeros((batch, heads, 0, dim), dtype=self.past_types[name])
+            for name, (heads, dim) in self.past_shapes.items()
+        }
+
+    def __call__(
+        self,
+        input_ids: IntArray,
+        attention_mask: IntArray,
+        position_ids: IntArray | None = None,
+        past: dict[str, npt.NDArray[Any]] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        feeds: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.with_past:
+            if position_ids is None:
+                raise ValueError("this scorer reads left-padded rows: pass position_ids")
+            if self.uses_position_ids:
+                feeds["position_ids"] = position_ids
+            feeds |= past if past is not None else self.empty_past(input_ids.shape[0])
         if not self.io_binding:
-            outputs = self.session.run(
-                ["residual"], {"input_ids": input_ids, "attention_mask": attention_mask}
-            )
-            return np.asarray(outputs[0], dtype=np.float32)
+            outputs = self.session.run(["residual"], feeds)
+            return np.asarray(outputs[0], dtype=np.float32).reshape(-1)
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", input_ids)
-        binding.bind_cpu_input("attention_mask", attention_mask)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
         binding.bind_output("residual", "cpu")
         self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(-1)
 
 
 class GeneratorGraph:
     """``generator/model.onnx`` (optimum-onnx text-generation-with-past): greedy decoding.
 
-    The KV cache is fed back step by step. With IO binding (the default on CUDA) the cache
-    never leaves the device: each step's ``present.*`` outputs are bound as the next step's
-    ``past_key_values.*`` inputs, and only the last position's logits come back to the host.
+    The KV cache is fed back step by step. On the CPU a row that has finished leaves the
+    batch (its cache rows are dropped), so the steps after it cost only the rows still
+    writing. With IO binding (the default on CUDA) the cache never leaves the device: each
+    step's ``present.*`` outputs are bound as the next step's ``past_key_values.*`` inputs,
+    finished rows stay in the batch fed with padding, and only the last position's logits
+    come back to the host.
     """
 
     def __init__(
@@ -313,13 +394,22 @@ class GeneratorGraph:
         missing = [p for p in self.present_of if p not in self.output_names]
         if missing or "logits" not in self.output_names:
             raise ModelLoadError(f"{path}: outputs {missing or ['logits']} are missing")
-        # Cache tensors are (batch, kv_heads, length, head_dim); length starts at zero.
-        self.past_shapes = {}
-        self.past_types = {}
-        for name in self.past_names:
-            shape = inputs[name].shape
-            self.past_shapes[name] = (int(shape[1]), int(shape[3]))
-            self.past_types[name] = _NUMPY_TYPES.get(inputs[name].type, np.float32)
+        self.past_shapes, self.past_types = _past_layout(inputs)
+
+    def empty_past(self, batch: int) -> dict[str, npt.NDArray[Any]]:
+        return {
+            name: np.zeros((batch, heads, 0, dim), dtype=self.past_types[name])
+            for name, (heads, dim) in self.past_shapes.items()
+        }
+
+    def cache_of(self, ids: Sequence[int]) -> dict[str, npt.NDArray[Any]]:
+        """The KV cache after one row of tokens (on the host), by ``past_key_values`` name."""
+        input_ids, mask, positions = left_padded([ids], pad_id=0)
+        feeds: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+        if self.uses_position_ids:
+            feeds["position_ids"] = positions
+        outputs = self.session.run(list(self.present_of), {**feeds, **self.empty_past(1)})
+        return {self.present_of[p]: v for p, v in zip(self.present_of, outputs, strict=True)}
 
     def greedy(
         self,
@@ -328,46 +418,47 @@ class GeneratorGraph:
         max_new_tokens: int,
         eos_id: int,
         pad_id: int,
+        compact: bool | None = None,
     ) -> list[list[int]]:
         """Greedy continuations of one left-padded batch, each cut after ``eos_id``.
 
         Mirrors ``transformers``' ``generate(do_sample=False)``: positions count real tokens
-        only (``cumsum(mask) - 1``), finished rows are fed ``pad_id`` and masked, and the loop
-        stops when every row has finished or after ``max_new_tokens``.
+        only (``cumsum(mask) - 1``), and the loop stops when every row has finished or after
+        ``max_new_tokens``. With ``compact`` (the default without IO binding) a row leaves
+        the batch at its ``eos_id``; otherwise it stays, fed ``pad_id`` and masked. Rows do
+        not interact in a forward pass, so both give the same tokens.
         """
-        batch = len(rows)
-        width = max(len(r) for r in rows)
-        input_ids = np.full((batch, width), pad_id, dtype=np.int64)
-        mask = np.zeros((batch, width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = row
-            mask[i, width - len(row) :] = 1
-        positions = np.cumsum(mask, axis=1) - 1
-        positions[mask == 0] = 1
-        past: dict[str, Any] = {
-            name: np.zeros((batch, heads, 0, dim), dtype=self.past_types[name])
-            for name, (heads, dim) in self.past_shapes.items()
-        }
-        generated = np.full((batch, max_new_tokens), pad_id, dtype=np.int64)
-        done = np.zeros(batch, dtype=bool)
-        steps = 0
-        for step in range(max_new_tokens):
+        compact = not self.io_binding if compact is None else compact
+        input_ids, mask, positions = left_padded(rows, pad_id)
+        past: dict[str, Any] = self.empty_past(len(rows))
+        generated: list[list[int]] = [[] for _ in rows]
+        active = np.arange(len(rows))
+        done = np.zeros(len(rows), dtype=bool)
+        for _ in range(max_new_tokens):
             logits, past = self._step(input_ids, mask, positions, past)
             # fp16 graphs return fp16 logits: compare in fp32 so argmax ties break the same way.
             tokens = np.argmax(logits.astype(np.float32, copy=False), axis=-1)
-            tokens = np.where(done, pad_id, tokens)
-            generated[:, step] = tokens
-            steps = step + 1
-            done |= tokens == eos_id
+            for row, token, finished in zip(active.tolist(), tokens.tolist(), done, strict=True):
+                if not finished:
+                    generated[row].append(int(token))
+            done = done | (tokens == eos_id)
             if done.all():
                 break
+            if compact and done.any():
+                keep = ~done
+                active, tokens, mask, positions = (
+                    active[keep],
+                    tokens[keep],
+                    mask[keep],
+                    positions[keep],
+                )
+                past = {name: value[keep] for name, value in past.items()}
+                done = done[keep]
+            tokens = np.where(done, pad_id, tokens)
             input_ids = tokens[:, None].astype(np.int64)
-            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
             positions = positions[:, -1:] + 1
-        results: list[list[int]] = []
-        for row in generated[:, :steps].tolist():
-            results.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
-        return results
+        return generated
 
     def _step(
         self, input_ids: IntArray, mask: IntArray, positions: IntArray, past: dict[str, Any]
@@ -398,6 +489,92 @@ class GeneratorGraph:
         return logits[:, -1], {self.present_of[p]: v for p, v in values.items()}
 
 
+# ---------------------------------------------------------------------------- text
+def clean_up_tokenization(text: str) -> str:
+    """What ``transformers``' ``decode`` does after the tokenizer when its config asks for
+    ``clean_up_tokenization_spaces`` (SmolLM2's does): spaces before punctuation and
+    English contractions removed. A copy, so that decoding needs no transformers.
+
+    >>> clean_up_tokenization("It is up 4.1x , rising . It 's new")
+    "It is up 4.1x, rising. It's new"
+    """
+    return (
+        text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+    )
+
+
+class ExportTokenizer:
+    """The export's tokenizer without transformers: ``tokenizers`` on ``tokenizer.json``.
+
+    Encoding adds no special tokens (the chat template holds them all) and decoding skips
+    them and cleans up spaces as the tokenizer's config says, so that ids and texts are
+    exactly those of the ``transformers`` tokenizer saved beside it.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self.backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except Exception as exc:  # tokenizers raises its own Exception type
+            raise ModelLoadError(f"{folder}: cannot load the tokenizer: {exc}") from exc
+        # tokenizer.json keeps the padding and truncation transformers last used (left
+        # padding, after a batched generate): ids must be each text's own, as transformers
+        # gives them without padding=True.
+        self.backend.no_padding()
+        self.backend.no_truncation()
+        self.clean_up = bool(config.get("clean_up_tokenization_spaces", False))
+        end = self.backend.token_to_id("<|im_end|>")
+        if end is None:
+            raise ModelLoadError(f"{folder}: the tokenizer has no <|im_end|> token")
+        self.end_id = int(end)
+        pad = config.get("pad_token")
+        if isinstance(pad, dict):
+            pad = pad.get("content")
+        pad_id = self.backend.token_to_id(pad) if isinstance(pad, str) else None
+        self.pad_id = int(pad_id if pad_id is not None else self.end_id)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encoded = self.backend.encode_batch(list(texts), add_special_tokens=False)
+        return [list(e.ids) for e in encoded]
+
+    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        texts = self.backend.decode_batch([list(r) for r in rows], skip_special_tokens=True)
+        return [clean_up_tokenization(t) if self.clean_up else t for t in texts]
+
+
+class _TransformersTokenizer:
+    """The same interface over a ``transformers`` tokenizer (exports without prompt.json)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from transformers import AutoTokenizer
+
+            self.backend = AutoTokenizer.from_pretrained(str(folder))
+        except Exception as exc:  # transformers raises OSError, ValueError, ...
+            raise ModelLoadError(f"{folder}: cannot load the tokenizer: {exc}") from exc
+        self.end_id = int(self.backend.convert_tokens_to_ids("<|im_end|>"))
+        pad = self.backend.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.end_id)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encoded = self.backend(list(texts), add_special_tokens=False)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        return [str(self.backend.decode(r, skip_special_tokens=True)) for r in rows]
+
+
 # ---------------------------------------------------------------------------- the model
 def _buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, so that padding costs little.
@@ -419,8 +596,71 @@ class ExportInfo:
     manifest_sha256: str
 
 
+#: Prompts per scorer batch: on two CPU cores 8-16 ran faster than 32 or 50 (smaller
+#: activations stay in cache; bench/model.py and bench/window.py measure it).
+SCORE_BATCH = 16
+
+#: Precisions an export can be served in (``auto``: int8 on the CPU where it passed its
+#: validation against fp32 and :data:`export.INT8_DEFAULT_ON_CPU` says so, else fp32).
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+def int8_status(manifest: dict[str, Any]) -> str:
+    """``ok``, ``failed`` or ``missing``: whether the export holds int8 graphs that held
+    (graphs still ``validating``, or left so by a crash, count as failed)."""
+    int8 = manifest.get("int8")
+    if not isinstance(int8, dict):
+        return "missing"
+    return "ok" if int8.get("status") == "ok" else "failed"
+
+
+def choose_precision(
+    manifest: dict[str, Any],
+    precision: str,
+    providers: Sequence[str],
+    *,
+    int8_on_cpu: bool | None = None,
+) -> str:
+    """The precision to serve: ``precision`` checked, or ``auto`` resolved.
+
+    ``auto`` is int8 only on the CPU, where the export's int8 graphs passed their validation
+    and ``int8_on_cpu`` (default :data:`export.INT8_DEFAULT_ON_CPU`) makes it the default.
+
+    >>> choose_precision({"int8": {"status": "ok"}}, "auto", [CPU], int8_on_cpu=True)
+    'int8'
+    >>> choose_precision({"int8": {"status": "failed"}}, "auto", [CPU], int8_on_cpu=True)
+    'fp32'
+    >>> choose_precision({"int8": {"status": "ok"}}, "auto", [CUDA, CPU], int8_on_cpu=True)
+    'fp32'
+    """
+    from export import INT8_DEFAULT_ON_CPU
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is none of {', '.join(PRECISIONS)}")
+    status = int8_status(manifest)
+    if precision == "int8" and status != "ok":
+        why = "it has no int8 graphs" if status == "missing" else "its int8 graphs failed"
+        raise ModelLoadError(
+            f"int8 requested but {why} their validation against fp32 "
+            f"({manifest.get('int8', {}).get('validation', {})}): serve it in fp32"
+        )
+    if precision == "auto":
+        default = INT8_DEFAULT_ON_CPU if int8_on_cpu is None else int8_on_cpu
+        on_cpu = bool(providers) and providers[0] == CPU
+        return "int8" if on_cpu and status == "ok" and default else "fp32"
+    return precision
+
+
 class OrtTrailModel:
-    """The two graphs and the tokenizer of one export: residuals and greedy explanations."""
+    """The graphs and the tokenizer of one export: residuals and greedy explanations.
+
+    Prompts are built and tokenized in batches: the chat template's pieces (``prompt.json``,
+    rendered once at export) are tokenized once and joined to each item's tokenized prompt
+    body, which gives exactly the ids of tokenizing the whole rendered template (checked at
+    load, see :class:`model.prompts.PromptEncoder`). The scorer runs the template's common
+    opening once and passes it to every batch as a cached past. ``timings`` accumulates the
+    seconds spent building prompts, scoring and generating.
+    """
 
     def __init__(
         self,
@@ -430,9 +670,13 @@ class OrtTrailModel:
         io_binding: bool | None = None,
         verify: bool = True,
         threads: int | None = None,
+        precision: str = "fp32",
+        unvalidated_int8: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.manifest = read_manifest(self.model_dir, verify=verify)
+        # Sizes of every file now, hashes below of the files this precision serves only: the
+        # other precision's graphs are a third or more of the export's bytes.
+        self.manifest = read_manifest(self.model_dir, verify=False)
         config = self.manifest.get("trail_config", {})
         self.info = ExportInfo(
             version=str(self.manifest["version"]),
@@ -440,46 +684,130 @@ class OrtTrailModel:
             max_explanation_tokens=int(config.get("max_explanation_tokens", 36)),
             manifest_sha256=sha256_file(self.model_dir / MANIFEST_FILE),
         )
-        try:
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir / TOKENIZER_DIR))
-        except Exception as exc:  # transformers raises OSError, ValueError, ...
-            raise ModelLoadError(f"{self.model_dir}: cannot load the tokenizer: {exc}") from exc
+        chosen = list(providers) if providers is not None else default_providers()
+        if unvalidated_int8 and precision == "int8" and int8_status(self.manifest) != "missing":
+            # The int8 validation itself, and benchmarks of what int8 would cost even where it
+            # failed its validation, load graphs that are not (yet) accepted.
+            self.precision = "int8"
+        else:
+            self.precision = choose_precision(self.manifest, precision, chosen)
+        int8 = self.manifest.get("int8", {})
+        files = int8.get("files", {}) if self.precision == "int8" else {}
+        scorer_file = str(files.get("scorer", SCORER_FILE))
+        generator_file = str(files.get("generator", GENERATOR_FILE))
+        if verify:
+            graphs = {SCORER_FILE, GENERATOR_FILE, *int8.get("files", {}).values()}
+            unserved = graphs - {scorer_file, generator_file}
+            listed = self.manifest["files"]
+            check_files(
+                self.model_dir,
+                {name: entry for name, entry in listed.items() if name not in unserved},
+                [scorer_file, generator_file],
+                fix="re-export it with `trail export ADAPTER --out DIR`",
+            )
+        self.timings: dict[str, float] = dict.fromkeys(TIMED, 0.0)
+        self.pieces = self._read_pieces()
+        tokenizer_dir = self.model_dir / TOKENIZER_DIR
+        self.tokenizer: ExportTokenizer | _TransformersTokenizer = (
+            ExportTokenizer(tokenizer_dir)
+            if self.pieces is not None
+            else _TransformersTokenizer(tokenizer_dir)
+        )
+        if self.pieces is None and isinstance(self.tokenizer, _TransformersTokenizer):
+            self.pieces = chat_pieces(self.tokenizer.backend)
+        self.encoder = (
+            PromptEncoder(self.pieces, self.tokenizer.encode_batch)
+            if self.pieces is not None
+            else None
+        )
         self.scorer = ScorerGraph(
-            self.model_dir / SCORER_FILE, providers, io_binding=io_binding, threads=threads
+            self.model_dir / scorer_file, chosen, io_binding=io_binding, threads=threads
         )
         self.generator = GeneratorGraph(
-            self.model_dir / GENERATOR_FILE, providers, io_binding=io_binding, threads=threads
+            self.model_dir / generator_file, chosen, io_binding=io_binding, threads=threads
         )
         self.provider = self.scorer.provider
-        self.end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else self.end_id)
+        self.end_id = self.tokenizer.end_id
+        self.pad_id = self.tokenizer.pad_id
+        # The template's opening (system turn), computed once: every scorer batch starts there.
+        self._prefix: list[int] = []
+        self._prefix_past: dict[str, npt.NDArray[Any]] = {}
+        if self.scorer.with_past and self.encoder is not None and self.encoder.joined:
+            self._prefix = list(self.encoder.prefix_ids)
+            self._prefix_past = self.generator.cache_of(self._prefix)
 
+    def _read_pieces(self) -> ChatPieces | None:
+        path = self.model_dir / PROMPT_FILE
+        if not path.is_file():
+            return None
+        try:
+            return ChatPieces.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path} is not a valid prompt file ({exc}): re-export") from exc
+
+    # ------------------------------------------------------------------ text
     def prompt_text(self, features: ItemFeatures) -> str:
-        return chat_prompt(self.tokenizer, features)
+        """The chat prompt's text (as :func:`model.prompts.chat_prompt` renders it)."""
+        if self.pieces is not None:
+            return self.pieces.wrap(build_prompt(features))
+        assert isinstance(self.tokenizer, _TransformersTokenizer)  # noqa: S101 - set above
+        return chat_prompt(self.tokenizer.backend, features)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         # As TrailModel.encode: the chat template already holds every special token.
-        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [list(ids) for ids in encoded]
+        return self.tokenizer.encode_batch(texts)
 
-    def residuals(self, prompts: Sequence[str], batch_size: int = 32) -> npt.NDArray[np.float32]:
-        """Score-head residual of each prompt (length-bucketed, right-padded batches)."""
-        rows = self.tokenize(prompts)
+    def prompt_ids(
+        self, features: Sequence[ItemFeatures], continuations: Sequence[str] | None = None
+    ) -> list[list[int]]:
+        """Each item's prompt ids (then its continuation's), tokenized in one batch."""
+        if self.encoder is None:
+            texts = [self.prompt_text(f) for f in features]
+            if continuations is not None:
+                texts = [t + c for t, c in zip(texts, continuations, strict=True)]
+            return self.tokenize(texts)
+        if continuations is None:
+            return self.encoder.encode(features)
+        return self.encoder.encode_with(features, continuations)
+
+    # ------------------------------------------------------------------ scores
+    def residuals(
+        self, prompts: Sequence[str], batch_size: int = SCORE_BATCH
+    ) -> npt.NDArray[np.float32]:
+        """Score-head residual of each prompt text (length-bucketed batches)."""
+        return self.residuals_of(self.tokenize(prompts), batch_size)
+
+    def residuals_of(
+        self, rows: Sequence[Sequence[int]], batch_size: int = SCORE_BATCH
+    ) -> npt.NDArray[np.float32]:
+        """Score-head residual of each row of prompt ids (length-bucketed batches)."""
         out = np.zeros(len(rows), dtype=np.float32)
+        prefix = self._prefix
         for bucket in _buckets([len(r) for r in rows], batch_size):
-            width = max(len(rows[i]) for i in bucket)
-            ids = np.full((len(bucket), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(bucket), width), dtype=np.int64)
-            for j, i in enumerate(bucket):
-                ids[j, : len(rows[i])] = rows[i]
-                mask[j, : len(rows[i])] = 1
-            out[bucket] = self.scorer(ids, mask)
+            chunk = [rows[i] for i in bucket]
+            if not self.scorer.with_past:  # trail-onnx@1: right-padded, no cache
+                width = max(len(r) for r in chunk)
+                ids = np.full((len(chunk), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(chunk), width), dtype=np.int64)
+                for j, row in enumerate(chunk):
+                    ids[j, : len(row)] = row
+                    mask[j, : len(row)] = 1
+                out[bucket] = self.scorer(ids, mask)
+                continue
+            cached = bool(prefix) and all(
+                len(r) > len(prefix) and list(r[: len(prefix)]) == prefix for r in chunk
+            )
+            tails = [r[len(prefix) :] for r in chunk] if cached else chunk
+            ids, mask, positions = left_padded(tails, self.pad_id, len(prefix) if cached else 0)
+            past = (
+                {k: np.repeat(v, len(chunk), axis=0) for k, v in self._prefix_past.items()}
+                if cached
+                else None
+            )
+            out[bucket] = self.scorer(ids, mask, positions, past)
         return out
 
-    def score(self, features: Sequence[ItemFeatures], batch_size: int = 32) -> FloatArray:
+    def score(self, features: Sequence[ItemFeatures], batch_size: int = SCORE_BATCH) -> FloatArray:
         """Predicted ``log(1 + next count)``: prior + residual, clamped at zero.
 
         Computed in float32 like :meth:`model.trail.TrailModel.score`, so that both runtimes
@@ -487,15 +815,29 @@ class OrtTrailModel:
         """
         if not features:
             return np.zeros(0)
-        residual = self.residuals([self.prompt_text(f) for f in features], batch_size)
+        started = time.perf_counter()
+        rows = self.prompt_ids(features)
         prior = np.array([prior_log_count(f, self.info.prior) for f in features], np.float32)
+        scoring = time.perf_counter()
+        residual = self.residuals_of(rows, batch_size)
+        self.timings["prompt_s"] += scoring - started
+        self.timings["score_s"] += time.perf_counter() - scoring
         return np.maximum(prior + residual, np.float32(0.0)).astype(np.float64)
 
+    # ------------------------------------------------------------------ explanations
     def generate_ids(
         self, prompts: Sequence[str], batch_size: int = 16, max_new_tokens: int | None = None
     ) -> list[list[int]]:
-        """Greedy token ids after each prompt (length-bucketed, left-padded batches)."""
-        rows = self.tokenize(prompts)
+        """Greedy token ids after each prompt text (length-bucketed, left-padded batches)."""
+        return self.generate_ids_of(self.tokenize(prompts), batch_size, max_new_tokens)
+
+    def generate_ids_of(
+        self,
+        rows: Sequence[Sequence[int]],
+        batch_size: int = 16,
+        max_new_tokens: int | None = None,
+    ) -> list[list[int]]:
+        """Greedy token ids after each row of prompt ids, cut after ``<|im_end|>``."""
         limit = self.info.max_explanation_tokens if max_new_tokens is None else max_new_tokens
         out: list[list[int]] = [[] for _ in rows]
         for bucket in _buckets([len(r) for r in rows], batch_size):
@@ -509,18 +851,28 @@ class OrtTrailModel:
                 out[i] = ids
         return out
 
+    def decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        return [text.strip() for text in self.tokenizer.decode_batch(rows)]
+
     def generate(self, prompts: Sequence[str], batch_size: int = 16) -> list[str]:
-        return [
-            str(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
-            for ids in self.generate_ids(prompts, batch_size)
-        ]
+        return self.decode(self.generate_ids(prompts, batch_size))
 
     def explain(self, features: Sequence[ItemFeatures], scores: Sequence[float]) -> list[str]:
         """The forced forecast sentence of each score, then the model's greedy explanation."""
+        if not features:
+            return []
+        started = time.perf_counter()
         openings = [forecast_sentence(f, float(s)) for f, s in zip(features, scores, strict=True)]
-        prompts = [self.prompt_text(f) + o for f, o in zip(features, openings, strict=True)]
-        generated = self.generate(prompts)
-        return [complete_sentences(o + t) for o, t in zip(openings, generated, strict=True)]
+        rows = self.prompt_ids(features, openings)
+        generating = time.perf_counter()
+        texts = self.decode(self.generate_ids_of(rows))
+        self.timings["prompt_s"] += generating - started
+        self.timings["generate_s"] += time.perf_counter() - generating
+        return [complete_sentences(o + t) for o, t in zip(openings, texts, strict=True)]
+
+
+#: The parts of a window's LM work that :attr:`OrtTrailModel.timings` adds up.
+TIMED = ("prompt_s", "score_s", "generate_s")
 
 
 class OrtTrailScorer(CascadeScorer):
@@ -529,7 +881,8 @@ class OrtTrailScorer(CascadeScorer):
     Explanations pass the same :class:`model.scorer.ExplanationGuard` (``guard=False`` turns
     its replacing off; it still counts). Raises :class:`ModelLoadError` at construction when
     ``model_dir`` is missing, corrupt (a hash mismatch), of another format, or an export that
-    failed validation.
+    failed validation. ``precision`` is ``fp32``, ``int8`` or ``auto`` (see
+    :func:`choose_precision`).
     """
 
     def __init__(
@@ -538,28 +891,44 @@ class OrtTrailScorer(CascadeScorer):
         rescore_top: int = 50,
         providers: Sequence[str] | None = None,
         *,
-        batch_size: int = 32,
+        batch_size: int = SCORE_BATCH,
         io_binding: bool | None = None,
         guard: bool = True,
         threads: int | None = None,
+        precision: str = "fp32",
+        unvalidated_int8: bool = False,
     ) -> None:
         from model.scorer import ExplanationGuard
 
         self.model_dir = Path(model_dir)
         self.model = OrtTrailModel(
-            self.model_dir, providers=providers, io_binding=io_binding, threads=threads
+            self.model_dir,
+            providers=providers,
+            io_binding=io_binding,
+            threads=threads,
+            precision=precision,
+            unvalidated_int8=unvalidated_int8,
         )
         self.rescore_top = rescore_top
         self.prior = self.model.info.prior
         self.batch_size = batch_size
         self.provider = self.model.provider
+        self.precision = self.model.precision
         self.manifest_sha256 = self.model.info.manifest_sha256
         self.guard = ExplanationGuard(guard)
-        log.info("serving %s from %s on %s", self.version, self.model_dir, self.provider)
+        log.info(
+            "serving %s from %s on %s (%s)",
+            self.version,
+            self.model_dir,
+            self.provider,
+            self.precision,
+        )
 
     @property
     def version(self) -> str:
-        return self.model.info.version
+        """The export's version; int8 graphs score differently, so they say so."""
+        suffix = "+int8" if self.precision == "int8" else ""
+        return self.model.info.version + suffix
 
     def _rescore(self, records: list[Any]) -> FloatArray:
         return np.asarray(self.model.score(records, self.batch_size), dtype=np.float64)
@@ -675,10 +1044,11 @@ class ReloadingScorer:
         rescore_top: int = 50,
         providers: Sequence[str] | None = None,
         *,
-        batch_size: int = 32,
+        batch_size: int = SCORE_BATCH,
         io_binding: bool | None = None,
         guard: bool = True,
         threads: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         from model.cascade import RankingStage
         from model.scorer import ExplanationGuard
@@ -696,6 +1066,7 @@ class ReloadingScorer:
                 batch_size=batch_size,
                 io_binding=io_binding,
                 threads=threads,
+                precision=precision,
             )
             scorer.guard = self.guard
             scorer.stage = self.stage

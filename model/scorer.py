@@ -235,19 +235,34 @@ class BaseLMScorer:
 
 
 def language_model_scorer_factory(name: str, settings: Settings) -> Callable[[], Scorer]:
-    """Constructor of ``trail`` or ``base-lm`` as ``settings`` configure them."""
+    """Constructor of ``trail`` or ``base-lm`` as ``settings`` configure them.
+
+    TRAIL runs on ONNX Runtime by default (``settings.lm_runtime``): with ``model_dir`` that
+    export (folder) is served, otherwise the adapter's export from the cache, made on first
+    use (:mod:`export.cache`); ``torch`` serves the adapter with PyTorch.
+    """
     if name == "base-lm":
         return lambda: BaseLMScorer(
             base_model=settings.base_model, rescore_top=settings.rescore_top
         )
     if settings.model_dir is not None:
+        if settings.lm_runtime == "torch":
+            raise ValueError(
+                "--model serves an ONNX export with ONNX Runtime; for PyTorch pass the "
+                "adapter (--adapter DIR) with --lm-runtime torch"
+            )
         # A folder of exports (or one export): the newest valid one serves, and a newer one is
         # picked up between windows without a restart.
+        from export.cache import PRECISION_OF
         from export.runtime import ReloadingScorer
 
         model_dir = settings.model_dir
+        precision = PRECISION_OF[settings.lm_runtime]
         return lambda: ReloadingScorer(
-            model_dir, rescore_top=settings.rescore_top, guard=settings.explanation_guard
+            model_dir,
+            rescore_top=settings.rescore_top,
+            guard=settings.explanation_guard,
+            precision=precision,
         )
     adapter = settings.adapter or DEFAULT_ADAPTER
     if not (adapter / "trail_config.json").is_file():
@@ -255,6 +270,10 @@ def language_model_scorer_factory(name: str, settings: Settings) -> Callable[[],
             f"no TRAIL adapter at {adapter}: train one with `trail train SNAPSHOTS --out DIR` "
             "and pass --adapter DIR"
         )
+    if settings.lm_runtime != "torch":
+        from export.cache import cached_trail_scorer
+
+        return lambda: cached_trail_scorer(adapter, settings)
     return lambda: TrailScorer(
         adapter,
         base_model=settings.base_model,

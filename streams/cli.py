@@ -63,6 +63,15 @@ def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--base-model", default=None, help="base LM: HF id or local path")
     parser.add_argument(
+        "--lm-runtime",
+        "--runtime",
+        dest="lm_runtime",
+        choices=["auto", "ort", "ort-fp32", "ort-int8", "torch"],
+        default=None,
+        help="TRAIL's LM runtime (TRAIL_LM_RUNTIME; default auto: ONNX Runtime, the adapter "
+        "exported once into the cache, int8 where it held; torch: PyTorch)",
+    )
+    parser.add_argument(
         "--rescore-top",
         type=int,
         default=None,
@@ -151,6 +160,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         adapter=args.adapter,
         model_dir=args.model_dir,
         base_model=args.base_model,
+        lm_runtime=args.lm_runtime,
         rescore_top=args.rescore_top,
         explain_top=getattr(args, "explain_top", None),
         time_unit=args.time_unit,

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     rescore_top: int = Field(50, ge=1, description="Items the cheap ranker passes to TRAIL (M)")
     model_dir: Path | None = Field(None, description="Exported ONNX model folder to serve")
     adapter: Path | None = Field(None, description="TRAIL adapter folder (PyTorch scorer)")
+    # Not `runtime`: that one picks the Kafka worker's group consumer.
+    lm_runtime: Literal["auto", "ort", "ort-fp32", "ort-int8", "torch"] = Field(
+        "auto",
+        description="TRAIL's LM runtime: auto (ONNX Runtime, the adapter exported once into "
+        "the cache, int8 on the CPU where it held against fp32; PyTorch where ONNX Runtime "
+        "cannot serve), ort (no fallback), ort-fp32, ort-int8, or torch",
+    )
     base_model: str | None = Field(None, description="Base LM: HF id or path; default SmolLM2")
     explanation_guard: bool = Field(
         True, description="Replace LM explanations the checker does not fully verify"

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
+from export.runtime import OrtTrailScorer
 from model.evaluation import lm_written_part
 from model.explain import check_explanation
 from model.priors import prior_log_count
 from model.registry import scorer_factory
-from model.scorer import DEFAULT_ADAPTER, TrailScorer, adapter_version
+from model.scorer import DEFAULT_ADAPTER, adapter_version
 from streams.cli import main as trail
 from streams.engine import Engine, WindowResult
 from streams.eventlog import DatasetError, EventLog, load_events
@@ -78,12 +79,13 @@ class _Scored:
 
 
 @pytest.fixture(scope="module")
-def demo(smollm2: Path, ml_100k: EventLog) -> tuple[TrailScorer, list[WindowResult]]:
+def demo(smollm2: Path, ml_100k: EventLog) -> tuple[OrtTrailScorer, list[WindowResult]]:
     """``trail replay ml-100k --window 7d --scorer trail --test-windows 1 --rescore-top 8
     --explain-top 3``, in process: the registry's scorer and the replay the command runs."""
     settings = Settings(window="7d", rescore_top=8, explain_top=3)
     scorer = scorer_factory("trail", settings)()
-    assert isinstance(scorer, TrailScorer)
+    # The command's default: ONNX Runtime, the adapter exported once into the cache.
+    assert isinstance(scorer, OrtTrailScorer)
     config = settings.engine_config()
     windows = EvaluationWindows.of(ml_100k.timestamps, config.trend.window.length, 1)
     engine = Engine(config, scorer, score_from_window=windows.first)
@@ -101,7 +103,7 @@ def test_trail_model_fetch_finds_the_cached_base_model(
 
 
 def test_the_shipped_model_explains_real_items_faithfully(
-    demo: tuple[TrailScorer, list[WindowResult]],
+    demo: tuple[OrtTrailScorer, list[WindowResult]],
 ) -> None:
     """The shipped model publishes, for the best items of the last windows, explanations that
     open with the forecast and pass the checker against the forecast they state: every claim
@@ -112,8 +114,8 @@ def test_the_shipped_model_explains_real_items_faithfully(
     from the real LM's output to the published text.
     """
     scorer, results = demo
-    assert scorer.adapter_dir == DEFAULT_ADAPTER
-    assert scorer.version == adapter_version(DEFAULT_ADAPTER)
+    assert scorer.model.manifest["adapter"]["version"] == adapter_version(DEFAULT_ADAPTER)
+    assert scorer.version.startswith(f"{adapter_version(DEFAULT_ADAPTER)}+onnx")
     assert [r.window.end for r in results][-1] == LAST_WINDOW_END
     checked = 0
     for result in results:
@@ -134,7 +136,7 @@ def test_the_shipped_model_explains_real_items_faithfully(
 
 
 def test_the_shipped_model_scores_as_when_it_was_pinned(
-    demo: tuple[TrailScorer, list[WindowResult]],
+    demo: tuple[OrtTrailScorer, list[WindowResult]],
 ) -> None:
     """The real base model under the committed adapter gives the pinned scores for five real
     items, and they differ from the recency prior (the LoRA and the score head are in use).

@@ -130,6 +130,8 @@ def test_train_writes_adapter_and_manifest_and_resumes(
                 "trail",
                 "--adapter",
                 str(out),
+                "--lm-runtime",
+                "torch",
                 "--test-windows",
                 "2",
                 "--print-top",
@@ -152,6 +154,8 @@ def test_train_writes_adapter_and_manifest_and_resumes(
                 "trail",
                 "--adapter",
                 str(out),
+                "--lm-runtime",
+                "torch",
                 "--test-windows",
                 "2",
                 "--json",
@@ -409,6 +413,7 @@ def test_published_explanations_are_judged_by_the_forecast_they_state(
     report = tmp_path / "eval.json"
     common = ["--window", "7d", "--test-windows", "2", "--rescore-top", "6", "--no-progress"]
     command = ["evaluate", str(events), *common, "--scorer", "trail", "--adapter", str(adapter)]
+    command += ["--lm-runtime", "torch"]
     assert trail([*command, "--json", str(report)]) == 0
     results = json.loads(report.read_text())["results"]["trail"]
     assert results["explanations"] == 20.0
