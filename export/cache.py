@@ -39,7 +39,13 @@ from streams.settings import Settings
 EXPORTS_SUBDIR = "exports"
 
 #: ``--lm-runtime`` values: the precision each asks ONNX Runtime for.
-PRECISION_OF = {"auto": "auto", "ort": "auto", "ort-fp32": "fp32", "ort-int8": "int8"}
+PRECISION_OF = {
+    "auto": "auto",
+    "ort": "auto",
+    "ort-fp32": "fp32",
+    "ort-int8-scorer": "int8-scorer",
+    "ort-int8": "int8",
+}
 
 Log = Callable[[str], None]
 
@@ -222,7 +228,7 @@ def wants_int8(precision: str) -> bool:
     from export import INT8_DEFAULT_ON_CPU
     from export.runtime import default_providers
 
-    if precision == "int8":
+    if precision in ("int8", "int8-scorer"):
         return True
     return precision == "auto" and INT8_DEFAULT_ON_CPU and default_providers() == [CPU]
 

@@ -279,8 +279,17 @@ def _top(scores: np.ndarray, k: int = 10) -> set[int]:
 def compare_int8(
     export_dir: Path, windows: Sequence[Sequence[ItemFeatures]], explained: Sequence[ItemFeatures]
 ) -> dict[str, Any]:
-    """fp32 against int8, both served by the runtime on the CPU (verdict included)."""
-    from export import INT8_MAX_ABS_DIFF, INT8_MAX_FAITHFULNESS_DROP, INT8_MIN_TOP10_OVERLAP
+    """fp32 against int8, all served by the runtime on the CPU (verdicts included).
+
+    Scores are compared for the int8 scorer alone (``int8-scorer``: as served beside the
+    fp32 generator) and for both int8 graphs; explanations for both int8 graphs.
+    """
+    from export import (
+        INT8_MAX_ABS_DIFF,
+        INT8_MAX_FAITHFULNESS_DROP,
+        INT8_MAX_TRUSTED_DROP,
+        INT8_MIN_TOP10_OVERLAP,
+    )
     from model.cascade import ALPHAS, blended
     from model.evaluation import lm_written_part
     from model.explain import check_explanation
@@ -290,48 +299,72 @@ def compare_int8(
         p: OrtTrailModel(
             export_dir, providers=[CPU], verify=False, precision=p, unvalidated_int8=True
         )
-        for p in ("fp32", "int8")
+        for p in ("fp32", "int8-scorer", "int8")
     }
-    diffs: list[np.ndarray] = []
-    overlaps: list[float] = []
+    diffs: dict[str, list[np.ndarray]] = {"int8-scorer": [], "int8": []}
+    overlaps: dict[str, list[float]] = {"int8-scorer": [], "int8": []}
+    prior_name = runtimes["fp32"].info.prior
     for window in windows:
         scores = {p: r.score(list(window)) for p, r in runtimes.items()}
-        prior = np.array([prior_log_count(f, runtimes["fp32"].info.prior) for f in window])
-        diffs.append(np.abs(scores["fp32"] - scores["int8"]))
-        top = [_top(blended(prior, s - prior, max(ALPHAS))) for s in scores.values()]
-        overlaps.append(len(top[0] & top[1]) / 10)
+        prior = np.array([prior_log_count(f, prior_name) for f in window])
+        reference = _top(blended(prior, scores["fp32"] - prior, max(ALPHAS)))
+        for name in diffs:
+            diffs[name].append(np.abs(scores["fp32"] - scores[name]))
+            top = _top(blended(prior, scores[name] - prior, max(ALPHAS)))
+            overlaps[name].append(len(reference & top) / 10)
+
+    def scores_verdict(name: str) -> dict[str, Any]:
+        every = np.concatenate(diffs[name])
+        verdict = {
+            "score_max_abs_diff": float(every.max()),
+            "score_mean_abs_diff": float(every.mean()),
+            "top10_overlap_per_window": overlaps[name],
+        }
+        verdict["passed"] = bool(
+            verdict["score_max_abs_diff"] <= INT8_MAX_ABS_DIFF
+            and min(overlaps[name]) >= INT8_MIN_TOP10_OVERLAP
+        )
+        return verdict
+
     forecasts = [float(s) for s in runtimes["fp32"].score(list(explained))]
-    faithfulness: dict[str, float] = {}
     texts: dict[str, list[str]] = {}
-    for precision, runtime in runtimes.items():
-        texts[precision] = runtime.explain(list(explained), forecasts)
+    judged: dict[str, dict[str, float]] = {}
+    for precision in ("fp32", "int8"):
+        texts[precision] = runtimes[precision].explain(list(explained), forecasts)
         checks = [
             check_explanation(lm_written_part(t), f, s)
             for t, f, s in zip(texts[precision], explained, forecasts, strict=True)
         ]
-        faithfulness[precision] = float(np.mean([c.faithfulness for c in checks]))
-    every = np.concatenate(diffs)
-    result = {
-        "score_max_abs_diff": float(every.max()),
-        "score_mean_abs_diff": float(every.mean()),
-        "top10_overlap_per_window": overlaps,
+        judged[precision] = {
+            "faithfulness": float(np.mean([c.faithfulness for c in checks])),
+            "contradiction_rate": float(np.mean([c.contradiction_rate for c in checks])),
+            # What the guard keeps: some claim, every claim true.
+            "trusted": float(np.mean([not c.empty and c.true_claims == c.claims for c in checks])),
+        }
+    both = scores_verdict("int8")
+    result: dict[str, Any] = {
+        **{k: v for k, v in both.items() if k != "passed"},
         "top10_ranking": f"blend of prior and residual at alpha {max(ALPHAS)}",
-        "faithfulness_fp32": faithfulness["fp32"],
-        "faithfulness_int8": faithfulness["int8"],
-        "explanations_identical": int(sum(a == b for a, b in zip(*texts.values(), strict=True))),
+        "scorer_only": scores_verdict("int8-scorer"),
+        **{f"{k}_{p}": v for p, values in judged.items() for k, v in values.items()},
+        "explanations_identical": int(
+            sum(a == b for a, b in zip(texts["fp32"], texts["int8"], strict=True))
+        ),
         "explanations_checked": len(explained),
-        "items_scored": int(every.shape[0]),
+        "items_scored": int(sum(len(w) for w in windows)),
         "tolerance": {
             "score_max_abs_diff": INT8_MAX_ABS_DIFF,
             "min_top10_overlap": INT8_MIN_TOP10_OVERLAP,
             "max_faithfulness_drop": INT8_MAX_FAITHFULNESS_DROP,
+            "max_trusted_drop": INT8_MAX_TRUSTED_DROP,
         },
     }
-    result["passed"] = bool(
-        result["score_max_abs_diff"] <= INT8_MAX_ABS_DIFF
-        and min(overlaps) >= INT8_MIN_TOP10_OVERLAP
-        and faithfulness["int8"] >= faithfulness["fp32"] - INT8_MAX_FAITHFULNESS_DROP
+    fp32, int8 = judged["fp32"], judged["int8"]
+    result["explanations_passed"] = bool(
+        int8["faithfulness"] >= fp32["faithfulness"] - INT8_MAX_FAITHFULNESS_DROP
+        and int8["trusted"] >= fp32["trusted"] - INT8_MAX_TRUSTED_DROP
     )
+    result["passed"] = bool(both["passed"] and result["explanations_passed"])
     return result
 
 
@@ -382,10 +415,19 @@ def quantize_export(
     validation = compare_int8(export_dir, windows, items[count:])
     int8["validation"] = validation
     int8["status"] = "ok" if validation["passed"] else "failed"
+    scorer = validation["scorer_only"]
+    int8["scorer_status"] = "ok" if scorer["passed"] else "failed"
     log(
-        f"  int8 {'passed' if validation['passed'] else 'FAILED'}: score max abs diff "
-        f"{validation['score_max_abs_diff']:.3g}, top-10 overlap "
-        f"{min(validation['top10_overlap_per_window']):.0%} at worst, faithfulness "
-        f"{validation['faithfulness_int8']:.2f} (fp32 {validation['faithfulness_fp32']:.2f})"
+        f"  int8 scorer {'passed' if scorer['passed'] else 'FAILED'}: score max abs diff "
+        f"{scorer['score_max_abs_diff']:.3g}, top-10 overlap "
+        f"{min(scorer['top10_overlap_per_window']):.0%} at worst"
+    )
+    log(
+        f"  int8 scorer and generator {'passed' if validation['passed'] else 'FAILED'}: score "
+        f"max abs diff {validation['score_max_abs_diff']:.3g}, top-10 overlap "
+        f"{min(validation['top10_overlap_per_window']):.0%} at worst; explanations' "
+        f"faithfulness {validation['faithfulness_int8']:.2f} (fp32 "
+        f"{validation['faithfulness_fp32']:.2f}), kept by the guard "
+        f"{validation['trusted_int8']:.0%} (fp32 {validation['trusted_fp32']:.0%})"
     )
     return int8

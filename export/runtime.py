@@ -600,18 +600,20 @@ class ExportInfo:
 #: activations stay in cache; bench/model.py and bench/window.py measure it).
 SCORE_BATCH = 16
 
-#: Precisions an export can be served in (``auto``: int8 on the CPU where it passed its
-#: validation against fp32 and :data:`export.INT8_DEFAULT_ON_CPU` says so, else fp32).
-PRECISIONS = ("auto", "fp32", "int8")
+#: Precisions an export can be served in: ``int8-scorer`` scores with the int8 graph and
+#: explains with the fp32 one; ``auto`` picks per :func:`choose_precision`.
+PRECISIONS = ("auto", "fp32", "int8-scorer", "int8")
 
 
-def int8_status(manifest: dict[str, Any]) -> str:
-    """``ok``, ``failed`` or ``missing``: whether the export holds int8 graphs that held
-    (graphs still ``validating``, or left so by a crash, count as failed)."""
+def int8_status(manifest: dict[str, Any], part: str = "all") -> str:
+    """``ok``, ``failed`` or ``missing``: whether the export holds int8 graphs that held, both
+    (``part="all"``) or the scorer's (``"scorer"``). Graphs still ``validating``, or left so
+    by a crash, count as failed."""
     int8 = manifest.get("int8")
     if not isinstance(int8, dict):
         return "missing"
-    return "ok" if int8.get("status") == "ok" else "failed"
+    key = "status" if part == "all" else "scorer_status"
+    return "ok" if int8.get(key) == "ok" else "failed"
 
 
 def choose_precision(
@@ -620,35 +622,48 @@ def choose_precision(
     providers: Sequence[str],
     *,
     int8_on_cpu: bool | None = None,
+    int8_generation: bool | None = None,
 ) -> str:
     """The precision to serve: ``precision`` checked, or ``auto`` resolved.
 
-    ``auto`` is int8 only on the CPU, where the export's int8 graphs passed their validation
-    and ``int8_on_cpu`` (default :data:`export.INT8_DEFAULT_ON_CPU`) makes it the default.
+    ``auto`` uses int8 only on the CPU and only where the export's int8 graphs passed their
+    validation against fp32: the scorer's where ``int8_on_cpu`` (default
+    :data:`export.INT8_DEFAULT_ON_CPU`), the generator's too where ``int8_generation``
+    (default :data:`export.INT8_GENERATION_DEFAULT_ON_CPU`).
 
-    >>> choose_precision({"int8": {"status": "ok"}}, "auto", [CPU], int8_on_cpu=True)
+    >>> ok = {"int8": {"status": "ok", "scorer_status": "ok"}}
+    >>> choose_precision(ok, "auto", [CPU], int8_on_cpu=True, int8_generation=False)
+    'int8-scorer'
+    >>> choose_precision(ok, "auto", [CPU], int8_on_cpu=True, int8_generation=True)
     'int8'
     >>> choose_precision({"int8": {"status": "failed"}}, "auto", [CPU], int8_on_cpu=True)
     'fp32'
-    >>> choose_precision({"int8": {"status": "ok"}}, "auto", [CUDA, CPU], int8_on_cpu=True)
+    >>> choose_precision(ok, "auto", [CUDA, CPU], int8_on_cpu=True)
     'fp32'
     """
-    from export import INT8_DEFAULT_ON_CPU
+    from export import INT8_DEFAULT_ON_CPU, INT8_GENERATION_DEFAULT_ON_CPU
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is none of {', '.join(PRECISIONS)}")
-    status = int8_status(manifest)
-    if precision == "int8" and status != "ok":
+    part = "all" if precision == "int8" else "scorer"
+    status = int8_status(manifest, part)
+    if precision in ("int8", "int8-scorer") and status != "ok":
         why = "it has no int8 graphs" if status == "missing" else "its int8 graphs failed"
         raise ModelLoadError(
-            f"int8 requested but {why} their validation against fp32 "
+            f"{precision} requested but {why} their validation against fp32 "
             f"({manifest.get('int8', {}).get('validation', {})}): serve it in fp32"
         )
-    if precision == "auto":
-        default = INT8_DEFAULT_ON_CPU if int8_on_cpu is None else int8_on_cpu
-        on_cpu = bool(providers) and providers[0] == CPU
-        return "int8" if on_cpu and status == "ok" and default else "fp32"
-    return precision
+    if precision != "auto":
+        return precision
+    if not (bool(providers) and providers[0] == CPU):
+        return "fp32"
+    scorer = INT8_DEFAULT_ON_CPU if int8_on_cpu is None else int8_on_cpu
+    generation = INT8_GENERATION_DEFAULT_ON_CPU if int8_generation is None else int8_generation
+    if scorer and generation and int8_status(manifest) == "ok":
+        return "int8"
+    if scorer and int8_status(manifest, "scorer") == "ok":
+        return "int8-scorer"
+    return "fp32"
 
 
 class OrtTrailModel:
@@ -685,16 +700,22 @@ class OrtTrailModel:
             manifest_sha256=sha256_file(self.model_dir / MANIFEST_FILE),
         )
         chosen = list(providers) if providers is not None else default_providers()
-        if unvalidated_int8 and precision == "int8" and int8_status(self.manifest) != "missing":
+        if (
+            unvalidated_int8
+            and precision in ("int8", "int8-scorer")
+            and int8_status(self.manifest) != "missing"
+        ):
             # The int8 validation itself, and benchmarks of what int8 would cost even where it
             # failed its validation, load graphs that are not (yet) accepted.
-            self.precision = "int8"
+            self.precision = precision
         else:
             self.precision = choose_precision(self.manifest, precision, chosen)
         int8 = self.manifest.get("int8", {})
-        files = int8.get("files", {}) if self.precision == "int8" else {}
+        files = int8.get("files", {}) if self.precision != "fp32" else {}
         scorer_file = str(files.get("scorer", SCORER_FILE))
-        generator_file = str(files.get("generator", GENERATOR_FILE))
+        generator_file = str(
+            files.get("generator", GENERATOR_FILE) if self.precision == "int8" else GENERATOR_FILE
+        )
         if verify:
             graphs = {SCORER_FILE, GENERATOR_FILE, *int8.get("files", {}).values()}
             unserved = graphs - {scorer_file, generator_file}
@@ -927,7 +948,7 @@ class OrtTrailScorer(CascadeScorer):
     @property
     def version(self) -> str:
         """The export's version; int8 graphs score differently, so they say so."""
-        suffix = "+int8" if self.precision == "int8" else ""
+        suffix = "" if self.precision == "fp32" else f"+{self.precision}"
         return self.model.info.version + suffix
 
     def _rescore(self, records: list[Any]) -> FloatArray:

@@ -66,7 +66,7 @@ def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "--lm-runtime",
         "--runtime",
         dest="lm_runtime",
-        choices=["auto", "ort", "ort-fp32", "ort-int8", "torch"],
+        choices=["auto", "ort", "ort-fp32", "ort-int8-scorer", "ort-int8", "torch"],
         default=None,
         help="TRAIL's LM runtime (TRAIL_LM_RUNTIME; default auto: ONNX Runtime, the adapter "
         "exported once into the cache, int8 where it held; torch: PyTorch)",

@@ -41,11 +41,12 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Exported ONNX model folder to serve")
     adapter: Path | None = Field(None, description="TRAIL adapter folder (PyTorch scorer)")
     # Not `runtime`: that one picks the Kafka worker's group consumer.
-    lm_runtime: Literal["auto", "ort", "ort-fp32", "ort-int8", "torch"] = Field(
+    lm_runtime: Literal["auto", "ort", "ort-fp32", "ort-int8-scorer", "ort-int8", "torch"] = Field(
         "auto",
-        description="TRAIL's LM runtime: auto (ONNX Runtime, the adapter exported once into "
-        "the cache, int8 on the CPU where it held against fp32; PyTorch where ONNX Runtime "
-        "cannot serve), ort (no fallback), ort-fp32, ort-int8, or torch",
+        description="TRAIL's LM runtime: auto (ONNX Runtime, the adapter exported once "
+        "into the cache, int8 scoring on the CPU where it held against fp32; PyTorch where "
+        "ONNX Runtime cannot serve), ort (no fallback), ort-fp32, ort-int8-scorer, "
+        "ort-int8 (explanations too), or torch",
     )
     base_model: str | None = Field(None, description="Base LM: HF id or path; default SmolLM2")
     explanation_guard: bool = Field(

@@ -226,8 +226,12 @@ def test_int8_section_states_its_validation_and_tolerance(exported: Path) -> Non
         "score_max_abs_diff",
         "min_top10_overlap",
         "max_faithfulness_drop",
+        "max_trusted_drop",
     }
     assert int8["status"] == ("ok" if validation["passed"] else "failed")
+    scorer = validation["scorer_only"]
+    assert int8["scorer_status"] == ("ok" if scorer["passed"] else "failed")
+    assert len(scorer["top10_overlap_per_window"]) == 2
     assert int8["quantized_matmuls"] > 0
     assert (exported / INT8_SCORER_FILE).stat().st_size < (exported / "scorer.onnx").stat().st_size
 
@@ -281,39 +285,56 @@ def _frequent_token(runtime: OrtTrailModel, rows: list[list[int]], args: dict) -
 
 
 def test_precision_follows_the_int8_validation() -> None:
-    ok, failed = {"int8": {"status": "ok"}}, {"int8": {"status": "failed"}}
-    on = {"int8_on_cpu": True}
-    assert choose_precision(ok, "auto", [CPU], **on) == "int8"
+    """``auto`` serves int8 only on the CPU, only what passed its validation, and only what
+    the defaults allow; asking for int8 that failed is a clear error."""
+    ok = {"int8": {"status": "ok", "scorer_status": "ok"}}
+    scorer_only = {"int8": {"status": "failed", "scorer_status": "ok"}}
+    failed = {"int8": {"status": "failed", "scorer_status": "failed"}}
+    on = {"int8_on_cpu": True, "int8_generation": False}
+    assert choose_precision(ok, "auto", [CPU], **on) == "int8-scorer"
+    assert choose_precision(ok, "auto", [CPU], int8_on_cpu=True, int8_generation=True) == "int8"
+    assert choose_precision(scorer_only, "auto", [CPU], int8_on_cpu=True, int8_generation=True) == (
+        "int8-scorer"
+    )
     assert choose_precision(ok, "auto", [CPU], int8_on_cpu=False) == "fp32"
     assert choose_precision(failed, "auto", [CPU], **on) == "fp32"
     # Graphs whose validation never finished (a crash) are not served.
-    assert choose_precision({"int8": {"status": "validating"}}, "auto", [CPU], **on) == "fp32"
+    validating = {"int8": {"status": "validating", "scorer_status": "validating"}}
+    assert choose_precision(validating, "auto", [CPU], **on) == "fp32"
     assert choose_precision({}, "auto", [CPU], **on) == "fp32"
     assert choose_precision(ok, "auto", [CUDA, CPU], **on) == "fp32"  # int8 is a CPU path
     assert choose_precision(ok, "fp32", [CPU], **on) == "fp32"
     assert choose_precision(ok, "int8", [CUDA, CPU]) == "int8"  # asked for: served
+    assert choose_precision(scorer_only, "int8-scorer", [CPU]) == "int8-scorer"
     with pytest.raises(ModelLoadError, match="failed their validation"):
-        choose_precision(failed, "int8", [CPU])
+        choose_precision(scorer_only, "int8", [CPU])
     with pytest.raises(ModelLoadError, match="no int8 graphs"):
-        choose_precision({}, "int8", [CPU])
+        choose_precision({}, "int8-scorer", [CPU])
 
 
 def test_int8_graphs_serve_when_asked(exported: Path) -> None:
     """The int8 graphs load and score close to fp32 (the tiny random model is far from the
-    real one's tolerance, so this asserts loading and rough agreement, not the verdict)."""
+    real one's tolerance, so this asserts what is served, not the verdict): ``int8-scorer``
+    scores with the int8 graph and explains exactly as fp32; ``int8`` explains with int8."""
     manifest = json.loads((exported / MANIFEST_FILE).read_text())
     copy = exported.parent / "int8-ok"
     shutil.copytree(exported, copy, dirs_exist_ok=True)
-    manifest["int8"]["status"] = "ok"
+    manifest["int8"] |= {"status": "ok", "scorer_status": "ok"}
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
-    int8 = OrtTrailScorer(copy, rescore_top=3, providers=[CPU], precision="int8")
-    fp32 = OrtTrailScorer(copy, rescore_top=3, providers=[CPU], precision="fp32")
-    assert (int8.precision, fp32.precision) == ("int8", "fp32")
-    assert int8.version == fp32.version + "+int8"
+    scorers = {
+        p: OrtTrailScorer(copy, rescore_top=3, providers=[CPU], precision=p)
+        for p in ("fp32", "int8-scorer", "int8")
+    }
+    assert {p: s.precision for p, s in scorers.items()} == {p: p for p in scorers}
+    assert scorers["int8"].version == scorers["fp32"].version + "+int8"
+    assert scorers["int8-scorer"].version == scorers["fp32"].version + "+int8-scorer"
     features = validation_features(6, seed=2)
-    a, b = int8.model.score(features), fp32.model.score(features)
-    assert not np.array_equal(a, b)  # really other graphs
-    assert np.corrcoef(a, b)[0, 1] > 0.5
+    scores = {p: s.model.score(features) for p, s in scorers.items()}
+    assert not np.array_equal(scores["int8-scorer"], scores["fp32"])  # really other graphs
+    assert np.corrcoef(scores["int8-scorer"], scores["fp32"])[0, 1] > 0.5
+    forecasts = [float(v) for v in scores["fp32"]]
+    texts = {p: s.model.explain(features, forecasts) for p, s in scorers.items()}
+    assert texts["int8-scorer"] == texts["fp32"]
 
 
 # ---------------------------------------------------------------------------- the runtime
