@@ -154,61 +154,6 @@ def partials_topic(settings: Settings) -> str:
 
 
 # ------------------------------------------------------------------------------ item metadata
-# TrendState (streams/trend/state.py) registers metadata but was made for a catalog fixed at
-# start: its item x category matrix is rebuilt only when its shape changes, it cannot forget an
-# item's metadata, and a restore re-derives the order of its category names from the metadata
-# (wrong once a category was replaced). These helpers do those three things from here, on its
-# attributes, until TrendState offers them.
-def set_item_metadata(state: TrendState, item_id: str, meta: ItemMeta | None) -> bool:
-    """Make ``meta`` the metadata of ``item_id`` in ``state`` (None: it has none).
-
-    The item gets its catalog code now if it has none, so codes follow the items topic's
-    order, not the order a later window close happens to visit the metadata in.
-
-    Parameters
-    ----------
-    state : TrendState
-        A partition's trend state.
-    item_id : str
-        The item.
-    meta : ItemMeta or None
-        Its new metadata, or None to remove what it has.
-
-    Returns
-    -------
-    bool
-        Whether anything changed.
-    """
-    current = state.catalog.meta.get(item_id)
-    if current == meta:
-        return False
-    if meta is None:
-        del state.catalog.meta[item_id]
-    else:
-        state.add_metadata([meta])
-        state.catalog.code(item_id)
-    before = current.categories if current is not None else ()
-    after = meta.categories if meta is not None else ()
-    if before != after:
-        # Same shape, other members: the cached matrix would still count the old categories.
-        state._membership_cache = None
-    return True
-
-
-def trend_state_without_metadata(state: TrendState) -> dict[str, Any]:
-    """``state.state_dict()`` without the item metadata (checkpoints carry it apart: see
-    :func:`items_checkpoint`)."""
-    # TrendState.state_dict() slices its per-item arrays to the catalog's size, but the
-    # catalog can outgrow them at a window close (metadata items get codes there) until the
-    # next ingest reserves room; reserve now so the checkpoint covers every item.
-    state._reserve(len(state.catalog))
-    meta, state.catalog.meta = state.catalog.meta, {}
-    try:
-        return state.state_dict()
-    finally:
-        state.catalog.meta = meta
-
-
 def items_checkpoint(
     state: TrendState, topic_items: Mapping[str, ItemMeta | None], offset: int
 ) -> dict[str, Any]:
@@ -222,22 +167,17 @@ def items_checkpoint(
             [item_id, None if m is None else m.model_dump(mode="json", exclude_defaults=True)]
             for item_id, m in topic_items.items()
         ],
-        "categories": list(state._category_names),
+        "categories": list(state.category_names),
     }
 
 
 def restore_items_checkpoint(
     state: TrendState, section: Mapping[str, Any], file_items: Mapping[str, ItemMeta]
 ) -> dict[str, ItemMeta | None]:
-    """Give ``state`` (restored from :func:`trend_state_without_metadata`) its metadata back:
+    """Give ``state`` (restored from ``state_dict(metadata=False)``) its metadata back:
     ``file_items`` overlaid by the checkpoint's items-topic records, with the category names
     in their saved order (new ones of a changed file after them). Returns those records."""
-    if state._category_names or state.catalog.meta:
-        raise RuntimeError("item metadata can only be restored into a state without any")
-    names = [str(name) for name in section["categories"]]
-    state._category_names = names
-    state._category_index = {name: index for index, name in enumerate(names)}
-    state._membership_cache = None
+    state.restore_category_names(section["categories"])
     records = {
         str(item_id): None if value is None else ItemMeta.model_validate(value)
         for item_id, value in section["records"]
@@ -588,7 +528,7 @@ class PartitionProcessor:
         outcomes = worker.metrics.item_records
         for item_id, meta in decoded.changes:
             self.topic_items[item_id] = meta
-            changed += set_item_metadata(state, item_id, meta)
+            changed += state.set_metadata(item_id, meta)
             outcomes.labels(self.label, "removed" if meta is None else "applied").inc()
         if decoded.dead:
             outcomes.labels(self.label, "malformed").inc(len(decoded.dead))
@@ -706,7 +646,7 @@ class PartitionProcessor:
             "topic": self.worker.settings.events_topic,
             "partition": self.partition,
             "offset": self.offset,
-            "trend_state": trend_state_without_metadata(state),
+            "trend_state": state.state_dict(metadata=False),
             "pending": self.engine.pending_state_dict(),
             "items": items,
             "scorer": {

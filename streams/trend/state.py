@@ -341,6 +341,40 @@ class TrendState:
                     self._category_index[name] = len(self._category_names)
                     self._category_names.append(name)
 
+    def set_metadata(self, item_id: str, meta: ItemMeta | None) -> bool:
+        """Make ``meta`` the metadata of ``item_id`` (None: it has none); whether it changed.
+
+        A live catalog replaces and removes metadata at any time; the item gets its catalog
+        code now if it has none, so codes follow the catalog's order.
+        """
+        current = self.catalog.meta.get(item_id)
+        if current == meta:
+            return False
+        if meta is None:
+            del self.catalog.meta[item_id]
+        else:
+            self.add_metadata([meta])
+            self.catalog.code(item_id)
+        before = current.categories if current is not None else ()
+        if before != (meta.categories if meta is not None else ()):
+            # Same shape, other members: the cached matrix would still count the old ones.
+            self._membership_cache = None
+        return True
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        """The category names in the order the category statistics are indexed by."""
+        return tuple(self._category_names)
+
+    def restore_category_names(self, names: Iterable[str]) -> None:
+        """Index the category statistics by ``names`` (saved with :attr:`category_names`):
+        once a category was replaced, the metadata alone no longer gives the order back."""
+        if self._category_names or self.catalog.meta:
+            raise RuntimeError("category names can only be restored into a state without any")
+        self._category_names = [str(name) for name in names]
+        self._category_index = {name: i for i, name in enumerate(self._category_names)}
+        self._membership_cache = None
+
     def _membership(self) -> sparse.csr_matrix:
         """Items x categories 0/1 matrix, rebuilt only when the catalog or metadata grew."""
         shape = (len(self.catalog), len(self._category_names))
@@ -444,8 +478,9 @@ class TrendState:
         )
 
     # ------------------------------------------------------------- persistence
-    def state_dict(self) -> dict[str, Any]:
-        """The whole state as plain JSON-able data, tagged with :data:`STATE_VERSION`."""
+    def state_dict(self, *, metadata: bool = True) -> dict[str, Any]:
+        """The whole state as plain JSON-able data, tagged with :data:`STATE_VERSION`;
+        ``metadata=False`` leaves the item metadata out (a caller that stores it apart)."""
         size = len(self.catalog)
         # Metadata can register items after the last batch grew the arrays.
         self._reserve(size)
@@ -453,7 +488,9 @@ class TrendState:
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
             "item_ids": list(self.catalog.ids),
-            "metadata": [m.model_dump(mode="json") for m in self.catalog.meta.values()],
+            "metadata": [m.model_dump(mode="json") for m in self.catalog.meta.values()]
+            if metadata
+            else [],
             "first_window": self._first_window[:size].tolist(),
             "total": self._total[:size].tolist(),
             "means": self._means.state_dict(size),

@@ -59,8 +59,6 @@ from streams.worker import (
     Worker,
     items_checkpoint,
     restore_items_checkpoint,
-    set_item_metadata,
-    trend_state_without_metadata,
 )
 
 kafka = pytest.mark.kafka
@@ -109,7 +107,7 @@ def test_replaced_categories_move_the_item_between_categories() -> None:
     _feed(state, range(6, 9), {"a": 8, "b": 1, "c": 1})  # X rises, Y stays flat
     before = _momentum(state)
     assert before["a"] != before["b"]
-    assert set_item_metadata(state, "a", ItemMeta(item_id="a", title="A", categories=("Y",)))
+    assert state.set_metadata("a", ItemMeta(item_id="a", title="A", categories=("Y",)))
     _feed(state, range(9, 10), {"a": 8, "b": 1, "c": 1})
     after = _momentum(state)
     assert after["a"] == after["b"] == after["c"]  # all three in Y alone now
@@ -122,8 +120,8 @@ def test_metadata_for_an_item_already_seen_counts_from_the_next_close() -> None:
     state = _state(a=("X",))
     _feed(state, range(0, 5), {"a": 1, "late": 3})
     assert _momentum(state)["late"] is None
-    assert set_item_metadata(state, "late", ItemMeta(item_id="late", categories=("X",)))
-    assert not set_item_metadata(state, "late", ItemMeta(item_id="late", categories=("X",)))
+    assert state.set_metadata("late", ItemMeta(item_id="late", categories=("X",)))
+    assert not state.set_metadata("late", ItemMeta(item_id="late", categories=("X",)))
     _feed(state, range(5, 6), {"a": 1, "late": 9})
     momentum = _momentum(state)
     assert momentum["late"] is not None and momentum["late"] == momentum["a"]
@@ -135,8 +133,8 @@ def test_metadata_for_an_item_already_seen_counts_from_the_next_close() -> None:
 def test_a_tombstone_removes_the_items_metadata() -> None:
     state = _state(a=("X",), b=("X",))
     _feed(state, range(0, 4), {"a": 2, "b": 1})
-    assert set_item_metadata(state, "a", None)
-    assert not set_item_metadata(state, "a", None)
+    assert state.set_metadata("a", None)
+    assert not state.set_metadata("a", None)
     _feed(state, range(4, 5), {"a": 2, "b": 1})
     frame = state.features(state.seen_rows(), 4)
     records = {frame.item_ids[i]: frame.record(i) for i in range(len(frame))}
@@ -159,7 +157,7 @@ def test_a_checkpoint_restores_the_catalog_and_its_category_order() -> None:
         ItemMeta(item_id="c", categories=("Z", "Y")),
     ]:
         topic[change.item_id] = change
-        set_item_metadata(running, change.item_id, change)
+        running.set_metadata(change.item_id, change)
     _feed(running, range(0, 5), {"a": 1, "b": 2, "c": 3})
     for item_id, change in [
         ("a", ItemMeta(item_id="a", categories=("Z",))),  # X is no one's now
@@ -167,13 +165,13 @@ def test_a_checkpoint_restores_the_catalog_and_its_category_order() -> None:
         ("d", ItemMeta(item_id="d", title="D", categories=("W",))),  # before its first events
     ]:
         topic[item_id] = change
-        set_item_metadata(running, item_id, change)
+        running.set_metadata(item_id, change)
     _feed(running, range(5, 7), {"a": 4, "b": 2, "c": 1, "d": 5})
 
     checkpoint = orjson.loads(
         orjson.dumps(
             {
-                "trend": trend_state_without_metadata(running),
+                "trend": running.state_dict(metadata=False),
                 "items": items_checkpoint(running, topic, 41),
             }
         )
@@ -337,7 +335,7 @@ class _ChangeAt:
         if not self.done and result.window.index >= self.window:
             self.done = True
             for item_id, meta in self.changes:
-                set_item_metadata(self.engine.state, item_id, meta)
+                self.engine.state.set_metadata(item_id, meta)
 
     def close(self) -> None:
         return None
@@ -365,7 +363,7 @@ def reference(
         engine = Engine(settings.engine_config(), make(), score_from_window=windows.first)
         engine.add_metadata(file_items.values())
         for item_id, meta in own(before):
-            set_item_metadata(engine.state, item_id, meta)
+            engine.state.set_metadata(item_id, meta)
         publisher = MemoryPublisher()
         hook = _ChangeAt(engine, after_window, own(later))
         replay(sub, engine, [publisher, hook], windows, progress=False)
