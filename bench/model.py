@@ -1,11 +1,13 @@
-"""TRAIL model speed: items/s scored and explanation tokens/s, ONNX Runtime against PyTorch.
+"""TRAIL model speed: items/s scored and explanation tokens/s, ONNX Runtime (fp32 and int8)
+against PyTorch.
 
-Both runtimes serve the same adapter in the same run, alternately (best of ``--repeat``), on
+The three serve the same adapter in the same run, alternately (best of ``--repeat``), on
 the same prompts (about ``--prompt-tokens`` tokens each, drawn from realistic synthetic item
 signals):
 
 * items/s: prompt building, tokenization and the score forward pass, batches of ``--batch``
-  (ORT: the exported scorer graph; PyTorch: ``TrailModel.score``, what ``TrailScorer`` runs);
+  (ORT: the export's scorer graph, fp32 and int8, with the template's opening cached;
+  PyTorch: ``TrailModel.score``, what ``TrailScorer`` runs);
 * tokens/s: greedy decoding of ``--new-tokens`` tokens after the forced forecast sentence,
   ``--gen-prompts`` prompts in one batch (end-of-text suppressed so both make every token).
 
@@ -15,8 +17,11 @@ comparison of defaults would flatter whichever suffers more from oversubscriptio
 
 The model is the committed adapter (``model/adapters/trail-smollm2``), or ``--adapter DIR``;
 when neither exists it falls back to an untrained SmolLM2 adapter (zero LoRA and head) and
-says so: the speed is the same, the scores are the prior's. Where CUDA works, the same runs
-on the GPU in fp16 (ORT: the graphs converted to fp16; PyTorch: ``.half()``).
+says so: the speed is the same, the scores are the prior's. The export is the adapter's in
+the export cache (made on first use, as ``trail replay`` does), or ``--model DIR``. The int8
+graphs are measured whether or not they passed their validation (the row says which). Where
+CUDA works, the same runs on the GPU in fp16 (ORT: the graphs converted to fp16; PyTorch:
+``.half()``).
 
     .venv/bin/python bench/model.py [--model EXPORT_DIR] [--adapter DIR] [--json]
 """
@@ -236,8 +241,10 @@ def measure(
 def summarise(configs: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Each runtime at its best configuration (items and tokens chosen separately)."""
     summary: dict[str, Any] = {}
-    for side in ("ort", "torch"):
+    for side in ("ort", "int8", "torch"):
         names = [n for n in configs if n.startswith(side)]
+        if not names:
+            continue
         for measure_name in ("items_per_s", "tokens_per_s"):
             best = max(names, key=lambda n: configs[n][measure_name])
             summary[f"{side}_{measure_name}"] = round(configs[best][measure_name], 2)
@@ -246,6 +253,11 @@ def summarise(configs: dict[str, dict[str, float]]) -> dict[str, Any]:
     summary["ort_vs_torch_tokens"] = round(
         summary["ort_tokens_per_s"] / summary["torch_tokens_per_s"], 2
     )
+    if "int8_items_per_s" in summary:
+        summary["int8_vs_ort"] = round(summary["int8_items_per_s"] / summary["ort_items_per_s"], 2)
+        summary["int8_vs_ort_tokens"] = round(
+            summary["int8_tokens_per_s"] / summary["ort_tokens_per_s"], 2
+        )
     return summary
 
 
@@ -281,9 +293,11 @@ def main() -> int:
 
     import torch
 
-    from export.onnx_export import export_model
+    from export.cache import cache_root, ensure_export
+    from export.runtime import int8_status
     from model.scorer import adapter_version
     from model.trail import TrailModel
+    from streams.settings import Settings
 
     threads = cpu_threads()
     torch.set_num_threads(threads)
@@ -293,10 +307,10 @@ def main() -> int:
         adapter, provenance = resolve_adapter(args.adapter, work)
         export_dir = args.model
         if export_dir is None:
-            log(f"exporting {adapter} (pass --model DIR to reuse an export)")
-            export_dir = work / "export"
-            export_model(adapter, export_dir, log=log)
+            export_dir = ensure_export(adapter, cache_dir=cache_root(Settings()), log=log)
+            log(f"the cached export {export_dir}")
         manifest = json.loads((export_dir / MANIFEST_FILE).read_text())
+        int8 = int8_status(manifest)
         if manifest["adapter"]["version"] != adapter_version(adapter):
             log(
                 f"WARNING: {export_dir} was exported from {manifest['adapter']['version']}, "
@@ -308,6 +322,14 @@ def main() -> int:
         runtimes = {
             f"ort, {n} thr": OrtTrailModel(export_dir, providers=[CPU], threads=n) for n in counts
         }
+        if int8 != "missing":
+            # Measured even where they failed their validation: what int8 would buy.
+            runtimes |= {
+                f"int8, {n} thr": OrtTrailModel(
+                    export_dir, providers=[CPU], threads=n, precision="int8", unvalidated_int8=True
+                )
+                for n in counts
+            }
         model = TrailModel.load(adapter)
         first = next(iter(runtimes.values()))
         features = prompts_near(first.tokenize, first.prompt_text, args.items, args.prompt_tokens)
@@ -331,6 +353,7 @@ def main() -> int:
             "provider": first.provider,
             "prompt_tokens": round(prompt_tokens, 1),
             "model": f"{manifest['version']} ({provenance})",
+            "int8_validation": int8,
             "load_average": round(load_before, 2),
             "configs": {k: {m: round(v, 2) for m, v in c.items()} for k, c in configs.items()},
         }
@@ -370,6 +393,7 @@ def main() -> int:
         f"best of {args.repeat}; load average at start {results['load_average']}"
     )
     print(f"{'device':<26}{'runtime':<18}{'items/s':>10}{'tokens/s':>10}")
+    print(f"(int8 graphs: their validation against fp32 {results['int8_validation']})")
     for name, rates in results["configs"].items():
         print(f"{'CPU':<26}{name:<18}{rates['items_per_s']:>10.2f}{rates['tokens_per_s']:>10.1f}")
     if "gpu" in results:
@@ -387,6 +411,11 @@ def main() -> int:
         f"{results['ort_vs_torch_tokens']}x tokens/s (target >= {TARGET_CPU_RATIO}x items/s: "
         f"{verdict})"
     )
+    if "int8_vs_ort" in results:
+        print(
+            f"ORT int8 / ORT fp32 on the CPU: {results['int8_vs_ort']}x items/s, "
+            f"{results['int8_vs_ort_tokens']}x tokens/s"
+        )
     if "gpu" in results:
         gpu_items = results["gpu"]["ort_items_per_s"]
         print(f"GPU ORT fp16 items/s {gpu_items:,.0f} (H100 target >= {TARGET_H100_ITEMS:,})")
@@ -400,6 +429,13 @@ def main() -> int:
                 f"{gpu['ort_tokens_per_s']:,.0f} tok/s; PyTorch fp16 "
                 f"{gpu['torch_items_per_s']:,.0f} items/s, {gpu['torch_tokens_per_s']:,.0f} tok/s"
             )
+        int8_cell = "no int8 graphs"
+        if "int8_items_per_s" in results:
+            int8_cell = (
+                f"{results['int8_items_per_s']} items/s ({results['int8_items_config']}), "
+                f"{results['int8_tokens_per_s']} tokens/s, {results['int8_vs_ort']}x / "
+                f"{results['int8_vs_ort_tokens']}x fp32; validation {results['int8_validation']}"
+            )
         record(
             "model",
             "| date | machine | command | model | prompt tokens | ORT items/s | PyTorch items/s "
@@ -407,7 +443,8 @@ def main() -> int:
             "|---|---|---|---|---|---|---|---|---|---|---|",
             f"| {today()} | {machine()}, load avg {results['load_average']} "
             f"| `{command_line()}` | {results['model']} | {results['prompt_tokens']} "
-            f"| {results['ort_items_per_s']} ({results['ort_items_config']}) "
+            f"| fp32 {results['ort_items_per_s']} ({results['ort_items_config']}); "
+            f"int8 {int8_cell} "
             f"| {results['torch_items_per_s']} ({results['torch_items_config']}) "
             f"| {ratio}x | {results['ort_tokens_per_s']} ({results['ort_tokens_config']}) "
             f"| {results['torch_tokens_per_s']} ({results['torch_tokens_config']}) "
