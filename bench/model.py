@@ -353,7 +353,11 @@ def main() -> int:
             "provider": first.provider,
             "prompt_tokens": round(prompt_tokens, 1),
             "model": f"{manifest['version']} ({provenance})",
-            "int8_validation": int8,
+            "int8_validation": (
+                f"scorer {int8_status(manifest, 'scorer')}, scorer and generator {int8}"
+                if int8 != "missing"
+                else "missing"
+            ),
             "load_average": round(load_before, 2),
             "configs": {k: {m: round(v, 2) for m, v in c.items()} for k, c in configs.items()},
         }
