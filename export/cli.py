@@ -98,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if "int8" in manifest:
         int8 = manifest["int8"]
-        verdict = "passed" if int8["status"] == "ok" else "FAILED (served only in fp32)"
-        print(f"int8 graphs {verdict}: {int8['validation']}", file=sys.stderr)
+        verdicts = {
+            "int8 scorer (--lm-runtime ort-int8-scorer)": int8.get("scorer_status"),
+            "int8 scorer and generator (--lm-runtime ort-int8)": int8.get("status"),
+        }
+        for name, status in verdicts.items():
+            verdict = "passed" if status == "ok" else "FAILED (not served)"
+            print(f"{name}: {verdict}", file=sys.stderr)
+        print(f"int8 validation against fp32: {int8['validation']}", file=sys.stderr)
     print(summary)
     return 0
