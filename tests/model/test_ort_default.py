@@ -405,3 +405,17 @@ def test_a_corrupt_cached_export_is_exported_again(
     assert isinstance(scorer, OrtTrailScorer) and scorer.model_dir == folder
     assert any("scorer.onnx does not match its sha256" in m for m in messages)
     assert any("first use" in m for m in messages)
+
+
+def test_export_command_writes_and_names_the_int8_verdicts(
+    adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``trail export --int8`` adds the int8 graphs with their verdicts and says which
+    runtime would serve each."""
+    out = tmp_path / "export"
+    assert trail(["export", str(adapter), "--out", str(out), "--int8", "--prompts", "2"]) == 0
+    err = capsys.readouterr().err
+    int8 = json.loads((out / MANIFEST_FILE).read_text())["int8"]
+    for runtime, status in (("ort-int8-scorer", "scorer_status"), ("ort-int8", "status")):
+        line = next(line for line in err.splitlines() if f"--lm-runtime {runtime})" in line)
+        assert line.endswith("passed" if int8[status] == "ok" else "FAILED (not served)")
