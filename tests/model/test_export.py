@@ -23,7 +23,7 @@ from export.runtime import (
     ReloadingScorer,
 )
 from model.explain import forecast_sentence
-from model.scorer import TrailScorer
+from model.scorer import TrailScorer, adapter_version
 from model.trail import TrailConfig, TrailModel
 from streams.cli import main as trail
 from streams.engine import Engine, EngineConfig, WindowResult
@@ -309,7 +309,11 @@ def test_replay_with_the_onnx_model_ranks_like_pytorch(
 ) -> None:
     common = ["replay", str(events), "--window", "7d", "--scorer", "trail", "--rescore-top", "6"]
     common += ["--test-windows", "3", "--print-top", "0", "--explain-top", "2", "--no-progress"]
-    runs = {"onnx": ["--model", str(exported)], "torch": ["--adapter", str(adapter)]}
+    runs = {
+        "onnx": ["--model", str(exported)],
+        # Explicitly: PyTorch is no longer the default, and ORT against ORT could not fail.
+        "torch": ["--adapter", str(adapter), "--lm-runtime", "torch"],
+    }
     for name, extra in runs.items():
         out = ["--predictions-out", str(tmp_path / f"{name}.jsonl")]
         out += ["--scores-out", str(tmp_path / f"{name}-scores.jsonl")]
@@ -327,6 +331,7 @@ def test_replay_with_the_onnx_model_ranks_like_pytorch(
     assert {u["model_version"] for u in onnx_updates} == {
         json.loads((exported / MANIFEST_FILE).read_text())["version"]
     }
+    assert {u["model_version"] for u in torch_updates} == {adapter_version(adapter)}
     for ours, theirs in zip(onnx_updates, torch_updates, strict=True):
         assert (ours["item_id"], ours["rank"]) == (theirs["item_id"], theirs["rank"])
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
