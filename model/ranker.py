@@ -46,6 +46,8 @@ RANKER_STATE_FORMAT = "trail-online-ranker@1"
 LABEL_CAP = 30
 #: Non-candidates score below every candidate by at least this much.
 _BELOW_CANDIDATES = 1.0e3
+#: Rows one lambdarank query group may hold: LightGBM refuses a query of more rows.
+MAX_QUERY_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,15 @@ class RankerConfig:
     ``label`` is ``returning`` (distinct returning users next window, the default) or
     ``count`` (next-window events: the ablation); ``subwindow=False`` drops the sub-window
     features (the other ablation).
+
+    ``candidates`` is each prior's top ``m``; every item first seen in the window is a
+    candidate too, so a window that meets a burst of new items can have any number of them.
+    LightGBM's lambdarank takes at most :data:`MAX_QUERY_ROWS` (10,000) rows per query
+    group, so a window's training query is capped there (:func:`cap_query`): every row with
+    a positive label, then the rows with the best rank under any prior, ties by item id, kept
+    in item-id order (so the fit still does not depend on the order the catalog met items
+    in). Only the lambdarank query is capped: the forecast models are fitted on every stored
+    row, and a window with more candidates than the cap is still ranked whole.
     """
 
     span: int = 36
@@ -82,6 +93,47 @@ class RankerConfig:
         """A short fingerprint of the settings (part of the scorer's version)."""
         text = repr(sorted(self.to_dict().items()))
         return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def cap_query(
+    labels: npt.NDArray[np.int32],
+    prior_ranks: npt.NDArray[np.float32],
+    limit: int = MAX_QUERY_ROWS,
+) -> IndexArray:
+    """The rows of one training query group that lambdarank is fitted on, at most ``limit``.
+
+    Parameters
+    ----------
+    labels : ndarray of int32, shape (n,)
+        The group's labels, its rows in item-id order.
+    prior_ranks : ndarray, shape (n, p)
+        Each row's rank under each prior (0 = best), as in the ``rank_*`` feature columns.
+    limit : int
+        The most rows to keep (LightGBM's limit by default).
+
+    Returns
+    -------
+    ndarray of int64
+        Row positions in increasing (item-id) order: every row when there are at most
+        ``limit``; else every row with a positive label (the highest labels first if even
+        they are too many), then the rows whose best rank under any prior is best, ties by
+        row order. Positives carry every pairwise gradient a query has, and the best-ranked
+        rows are the negatives the ranker must beat (the candidates a smaller ``m`` would
+        have chosen). Nothing depends on catalog codes, so neither does the fit.
+
+    >>> cap_query(np.array([0, 2, 0, 0]), np.array([[3.0], [9.0], [0.0], [1.0]]), limit=3)
+    array([1, 2, 3])
+    """
+    if limit < 1:
+        raise ValueError(f"query row limit {limit} must be positive")
+    rows = labels.shape[0]
+    if rows <= limit:
+        return np.arange(rows, dtype=np.int64)
+    best = prior_ranks.min(axis=1) if prior_ranks.shape[1] else np.zeros(rows)
+    # lexsort: the last key is the primary one; the row index last-resort key is item-id order.
+    order = np.lexsort((np.arange(rows), best, -labels.astype(np.int64), labels <= 0))
+    kept: IndexArray = np.sort(order[:limit]).astype(np.int64)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -211,11 +263,18 @@ class OnlineRanker(SilentScorer):
         """Fit the ranker and the two forecast models on ``groups`` (touches no state, so it
         can run in the background thread)."""
         started = time.perf_counter()
-        features = np.concatenate([g.features for g in groups])
-        labels = np.concatenate([g.labels for g in groups])
-        sizes = [g.labels.shape[0] for g in groups]
-        data = lightgbm.Dataset(features, labels, group=sizes, feature_name=self.columns)
+        # Capped here, not when a group is learned, so that a group stored whole (by a
+        # checkpoint written before the cap) still fits.
+        rank_columns = [i for i, name in enumerate(self.columns) if name.startswith("rank_")]
+        queries = [cap_query(g.labels, g.features[:, rank_columns]) for g in groups]
+        data = lightgbm.Dataset(
+            np.concatenate([g.features[q] for g, q in zip(groups, queries, strict=True)]),
+            np.concatenate([g.labels[q] for g, q in zip(groups, queries, strict=True)]),
+            group=[q.shape[0] for q in queries],
+            feature_name=self.columns,
+        )
         ranker = lightgbm.train(self._params("lambdarank"), data, num_boost_round=self.config.trees)
+        features = np.concatenate([g.features for g in groups])
         rounds = max(50, self.config.trees // 3)
         forecasts = []
         for target in (
@@ -287,7 +346,8 @@ class OnlineRanker(SilentScorer):
 
     def forecast(self, features: FeatureFrame) -> tuple[FloatArray, FloatArray]:
         """Next-window events and returning users per item, calibrated: L1 loss on past
-        windows (median-unbiased), on the same features and rows as the ranker.
+        windows (median-unbiased), on the ranker's features and every stored candidate row
+        (the ranker's own query is capped at :data:`MAX_QUERY_ROWS`).
 
         Before the first fit, and for items without events in the recent windows, the
         forecast is the EW mean (half-life one window) of events and of returning users.
