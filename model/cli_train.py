@@ -41,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-resume", action="store_true", help="start over even if DIR holds a checkpoint"
     )
+    parser.add_argument(
+        "--init-adapter",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="start the LoRA weights from this trained adapter (same rank, targets and "
+        "--lora-top-fraction); the score head starts fresh",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--device",
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=device,
         items=items,
+        init_adapter=args.init_adapter,
     )
     print(
         json.dumps(

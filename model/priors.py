@@ -1,8 +1,10 @@
 """The recency priors that TRAIL's score head corrects, per record and per frame.
 
-A prior is a cheap estimate of ``log(1 + next-window count)`` from the trend signals alone.
-The cascade ranks every item with it, the LM re-scores the prior's best, and the score head
-predicts a residual on top of it, so both runtimes (PyTorch and ONNX) and the training loop
+A prior is a cheap estimate of the score head's label from the trend signals alone:
+``log(1 + next-window count)`` for the count priors, ``log(1 + next-window returning users)``
+for ``returning-users`` (this window's returning users: the recency rule on the label HR@10
+counts). The score head predicts a residual on top of it, and the cascade blends that residual
+into the ranker's scores, so both runtimes (PyTorch and ONNX) and the training loop
 must compute exactly the same numbers: they all call this module, which imports no torch.
 """
 
@@ -17,7 +19,7 @@ from schemas.records import ItemFeatures
 from streams.trend.features import FeatureFrame
 
 #: Prior names, as stored in an adapter's ``trail_config.json``.
-PRIORS = ("ewma-1", "ewma-2", "ewma-4", "last-window", "linear-trend")
+PRIORS = ("ewma-1", "ewma-2", "ewma-4", "last-window", "linear-trend", "returning-users")
 
 
 def prior_log_count(features: ItemFeatures, prior: str = "ewma-1") -> float:
@@ -41,6 +43,8 @@ def prior_log_count(features: ItemFeatures, prior: str = "ewma-1") -> float:
         return math.log1p(features.count)
     if prior == "linear-trend":
         return math.log1p(max(0.0, features.count + features.slope))
+    if prior == "returning-users":
+        return math.log1p(features.returning_users)
     raise ValueError(f"unknown prior {prior!r}: use one of {', '.join(PRIORS)}")
 
 
@@ -52,4 +56,6 @@ def prior_scores(features: FeatureFrame, prior: str = "ewma-1") -> npt.NDArray[n
         return np.log1p(features.count)
     if prior == "linear-trend":
         return np.log1p(np.maximum(0.0, features.count + features.slope))
+    if prior == "returning-users":
+        return np.log1p(features.returning)
     raise ValueError(f"unknown prior {prior!r}: use one of {', '.join(PRIORS)}")

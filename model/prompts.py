@@ -1,7 +1,7 @@
 """The model's input text: an item's metadata and trend signals, compact and deterministic.
 
 The prompt is the model's whole view of an item, and its length sets the cost of every score
-(one forward pass per changed item per window), so it is short: about 64-100 SmolLM2 tokens.
+(one forward pass per changed item per window), so it is short: about 80-115 SmolLM2 tokens.
 SmolLM2 tokenizes digits one by one, so numbers are rounded to about three significant digits.
 
 Nothing in the prompt identifies an item except its title and categories: no item id, no
@@ -82,10 +82,12 @@ def build_prompt(features: ItemFeatures) -> str:
     Returns
     -------
     str
-        Five short lines: item (title, categories); window length, age and trend category;
+        Six short lines: item (title, categories); window length, age and trend category;
         recent counts (oldest first) and total; EW means, momentum and the direction the
         checker reads from momentum and slope; slope, traffic share and category momentum
-        (with its direction). Counts keep three significant
+        (with its direction); the window's distinct and returning users (what HR@10 counts)
+        and the events of its last quarter (how late in the window they fell; the finer
+        sub-window signals are the ranker's, and cost tokens here). Counts keep three significant
         digits, derived signals two (SmolLM2 spends a token per digit). The same features
         always give the same string.
 
@@ -96,13 +98,15 @@ def build_prompt(features: ItemFeatures) -> str:
     ...     total=300.0, recent_counts=(10, 12, 15, 20, 30, 45), ew_1=35.0, ew_2=28.0,
     ...     ew_4=20.0, ew_8=13.0, momentum=2.57, slope=6.8, accel=1.0, burstiness=0.1,
     ...     age_windows=20, share=0.004, category_momentum=1.4, trend="rising",
-    ...     title="Toy Story (1995)", categories=("Animation", "Comedy"))
+    ...     title="Toy Story (1995)", categories=("Animation", "Comedy"), users=40.0,
+    ...     returning_users=31.0, last_quarter=14.0, return_rate=0.35)
     >>> print(build_prompt(f))
     "Toy Story (1995)" [Animation, Comedy]
     per week, age 20, trend rising
     counts 10 12 15 20 30 45, total 300
     EW h1/h4/h8 35/20/13, momentum 2.6x, direction rising
     slope +6.8, share 0.4%, genre momentum 1.4x (rising)
+    users 40 (31 returning), last quarter 14
     """
     title = clean_title(features.title)
     item = f'"{title}"' if title is not None else "untitled item"
@@ -130,6 +134,8 @@ def build_prompt(features: ItemFeatures) -> str:
             f"EW h1/h4/h8 {'/'.join(format_number(v, 2) for v in ew)}, "
             f"momentum {format_number(features.momentum, 2)}x, direction {sig.direction}",
             signals,
+            f"users {format_number(features.users)} ({format_number(features.returning_users)} "
+            f"returning), last quarter {format_number(features.last_quarter)}",
         )
     )
 

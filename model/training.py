@@ -1,27 +1,36 @@
 """Training TRAIL from window snapshots: a plain loop, in the spirit of nanoGPT.
 
 Data: the Parquet snapshots that ``trail replay --snapshots-out`` writes (features of every
-active item at a window's close and the realised count of the next window). Per window, the
-items the cascade would hand to the LM (the top M by the recency prior) become examples. The
-last ``holdout`` windows of every snapshot folder are never read (they are the evaluation
-windows); the ``val_windows`` before them are the validation set.
+active item at a window's close and what the next window brought: its events, distinct users
+and returning users). Per window, the items the cascade would hand to the LM (the top M by the
+recency prior) become examples. The last ``holdout`` windows of every snapshot folder are never
+read (they are the evaluation windows); the ``val_windows`` before them are the validation set.
 
-Loss per step, over items drawn from a few windows at a time:
-  MSE(prior + residual, log1p(next count))
+The label (``label``) is ``log1p`` of the next window's distinct returning users by default,
+the quantity HR@10 counts (a user counts once however many events they make), or of its event
+count (``label="count"``, the earlier recipe). Loss per step, over items drawn from a few
+windows at a time:
+  MSE(prior + residual, label)
 + lm_weight   * NLL of the verbalized explanation (after the forced forecast)
-+ rank_weight * pairwise logistic loss: within a window, the item that grew more scores higher
++ rank_weight * pairwise logistic loss: within a window, the item with the larger label scores
+                higher
 + expl_weight * hinge: the faithful explanation is more likely than a perturbed one by a margin
 
-Checkpoints (``checkpoint.safetensors`` in the output folder, for ``--out DIR`` to resume) hold
-tensors only: the trainable weights, the optimizer's moments and the torch RNG; the step, the
-loss history, the optimizer's settings and the sampler's RNG are JSON in the file's metadata.
-One file, renamed into place, so a crash never pairs tensors and counters of different steps.
-Nothing is unpickled: a file planted in the folder cannot run code.
+The explanation targets and the forced forecast sentence state the next window's *events*
+(what a reader is told), whatever the label.
+
+Model selection: every ``eval_every`` steps the validation windows are scored; the step whose
+top 10 captures the largest share of the label the best possible top 10 would have held
+(``captured@10``: with the returning-users label, the protocol's HR@10 numerator as far as
+snapshot rows can tell it) is the one saved, and the raw faithfulness of greedy explanations
+of ``faithfulness_items`` validation items is recorded beside it.
+
+Checkpoints (``--out DIR`` resumes from them) and the selected weights are written by
+:mod:`model.training_checkpoints`: tensors in safetensors, state in JSON, nothing pickled.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -33,29 +42,33 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from model.explain import forecast_sentence, perturb, verbalize
+from model.explain import check_explanation, forecast_sentence, perturb, verbalize
 from model.priors import prior_log_count
-from model.trail import TrailConfig, TrailModel, one_line
+from model.trail import (
+    LORA_FILE,
+    TrailConfig,
+    TrailModel,
+    read_adapter_manifest,
+    read_trail_config,
+)
+from model.training_checkpoints import (
+    BEST,
+    CHECKPOINT,
+    CHECKPOINT_FIX,
+    LEGACY_CHECKPOINT,
+    CheckpointError,
+    best_metrics,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from schemas import ItemFeatures, ItemMeta, WindowSnapshotRow
 
-CHECKPOINT = "checkpoint.safetensors"
-#: Checkpoints of older TRAIL versions: pickles, never loaded.
-LEGACY_CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = "trail-checkpoint@1"
-#: The metadata key of a checkpoint's JSON state.
-_STATE_KEY = "trail_state"
-_CHECKPOINT_FIX = "pass --no-resume to start over, or choose another --out"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names the file and the fix.
-
-    A ``ValueError`` so that the ``trail`` command line prints it as one line.
-    """
+#: The validation metric that selects the step whose weights the adapter gets.
+SELECT_BY = "val_captured@10"
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,16 @@ class TrainConfig:
     eval_every: int = 50
     checkpoint_every: int = 25
     seed: int = 0
+    label: str = "returning"
+    faithfulness_items: int = 48
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"label {self.label!r} is none of {', '.join(LABELS)}")
+
+
+#: What the score head learns to predict (``log1p`` of it) for the next window.
+LABELS = ("returning", "count")
 
 
 @dataclass(frozen=True)
@@ -85,9 +108,17 @@ class Example:
     features: ItemFeatures
     next_count: float
     source: str
+    next_returning: float = 0.0
+    label: str = "returning"
 
     @property
     def target(self) -> float:
+        """``log1p`` of the label: what the score head (prior + residual) predicts."""
+        return math.log1p(self.next_returning if self.label == "returning" else self.next_count)
+
+    @property
+    def count_target(self) -> float:
+        """``log1p`` of the next window's events: the forecast the explanation states."""
         return math.log1p(self.next_count)
 
 
@@ -123,7 +154,7 @@ def load_snapshot_windows(
 
 
 def _examples(
-    rows: Sequence[WindowSnapshotRow], top: int, prior: str, source: str
+    rows: Sequence[WindowSnapshotRow], top: int, prior: str, source: str, label: str
 ) -> list[Example]:
     ranked = sorted(rows, key=lambda r: (-prior_log_count(r, prior), r.item_id))[:top]
     features_fields = set(ItemFeatures.model_fields)
@@ -132,6 +163,8 @@ def _examples(
             ItemFeatures(**{k: v for k, v in r.model_dump().items() if k in features_fields}),
             r.next_count,
             source,
+            next_returning=r.next_returning,
+            label=label,
         )
         for r in ranked
     ]
@@ -159,8 +192,13 @@ def split_snapshots(
         train_ends = usable[: -config.val_windows] if config.val_windows else usable
         val_ends = usable[len(train_ends) :]
         source = directory.name
-        train += [_examples(windows[e], config.rescore_top, prior, source) for e in train_ends]
-        validation += [_examples(windows[e], config.rescore_top, prior, source) for e in val_ends]
+        train += [
+            _examples(windows[e], config.rescore_top, prior, source, config.label)
+            for e in train_ends
+        ]
+        validation += [
+            _examples(windows[e], config.rescore_top, prior, source, config.label) for e in val_ends
+        ]
         description[str(directory)] = {
             "windows": len(ends),
             "train_windows": [train_ends[0], train_ends[-1]] if train_ends else [],
@@ -171,38 +209,77 @@ def split_snapshots(
     return SnapshotSplit(train, validation, description)
 
 
+_METRICS = ("captured@10", "precision@10", "pair_accuracy", "mse")
+
+
 def _ranking_metrics(predicted: np.ndarray, target: np.ndarray, k: int = 10) -> dict[str, float]:
-    """Precision@k against the k items with the most next-window events, and pair accuracy."""
-    top_true = set(np.argsort(-target, kind="stable")[:k].tolist())
-    top_pred = set(np.argsort(-predicted, kind="stable")[:k].tolist())
+    """Per window: the share of the best top k's label mass that the predicted top k holds
+    (``captured@10``), precision@k against the k items with the largest label, pair accuracy
+    and the MSE of the log label.
+
+    >>> import numpy as np
+    >>> target = np.log1p(np.array([9.0, 0.0, 3.0]))
+    >>> _ranking_metrics(np.array([0.0, 2.0, 1.0]), target, k=1)["captured@10"]
+    0.0
+    >>> _ranking_metrics(np.array([2.0, 0.0, 1.0]), target, k=2)["captured@10"]
+    1.0
+    """
+    order_true = np.argsort(-target, kind="stable")[:k]
+    order_pred = np.argsort(-predicted, kind="stable")[:k]
+    mass = np.expm1(target)
+    best = float(mass[order_true].sum())
     differ = target[:, None] > target[None, :]
     correct = (predicted[:, None] > predicted[None, :]) & differ
     return {
-        "precision@10": len(top_true & top_pred) / max(1, min(k, len(target))),
+        "captured@10": float(mass[order_pred].sum()) / best if best > 0 else 1.0,
+        "precision@10": len(set(order_true.tolist()) & set(order_pred.tolist()))
+        / max(1, min(k, len(target))),
         "pair_accuracy": float(correct.sum() / max(1, differ.sum())),
         "mse": float(np.mean((predicted - target) ** 2)),
     }
 
 
 @torch.no_grad()
-def validate(model: TrailModel, windows: Sequence[Sequence[Example]]) -> dict[str, float]:
-    """Mean per-window metrics of the model and of its prior on held-out windows."""
+def validate(
+    model: TrailModel, windows: Sequence[Sequence[Example]], faithfulness_items: int = 0
+) -> dict[str, float]:
+    """Mean per-window metrics of the model and of its prior on the validation windows.
+
+    With ``faithfulness_items``, that many items (spread evenly over the windows, each
+    window's best by the model) are explained greedily after the forecast sentence of their
+    realised next-window events, and ``val_faithfulness`` / ``val_contradiction_rate`` are the
+    checker's mean verdicts on the raw texts (no guard).
+    """
     model_metrics: list[dict[str, float]] = []
     prior_metrics: list[dict[str, float]] = []
-    for window in windows:
-        if len(window) < 2:
-            continue
+    to_explain: list[Example] = []
+    usable = [w for w in windows if len(w) >= 2]
+    per_window = math.ceil(faithfulness_items / len(usable)) if usable else 0
+    for window in usable:
         features = [e.features for e in window]
         target = np.array([e.target for e in window])
         predicted = model.score(features)
         prior = np.array([prior_log_count(f, model.config.prior) for f in features])
         model_metrics.append(_ranking_metrics(predicted, target))
         prior_metrics.append(_ranking_metrics(prior, target))
+        best = np.argsort(-predicted, kind="stable")[:per_window]
+        to_explain += [window[i] for i in best.tolist()]
     result: dict[str, float] = {}
     for name, metrics in (("val", model_metrics), ("prior", prior_metrics)):
-        for key in ("precision@10", "pair_accuracy", "mse"):
+        for key in _METRICS:
             values = [m[key] for m in metrics]
             result[f"{name}_{key}"] = float(np.mean(values)) if values else float("nan")
+    to_explain = to_explain[:faithfulness_items]
+    if to_explain:
+        texts = model.explain(
+            [e.features for e in to_explain], [e.count_target for e in to_explain]
+        )
+        checks = [
+            check_explanation(text, e.features, e.count_target)
+            for text, e in zip(texts, to_explain, strict=True)
+        ]
+        result["val_faithfulness"] = float(np.mean([c.faithfulness for c in checks]))
+        result["val_contradiction_rate"] = float(np.mean([c.contradiction_rate for c in checks]))
     return result
 
 
@@ -220,8 +297,10 @@ def step_loss(
     """The training loss of one batch (items grouped by window) and its parts."""
     examples = [e for group in groups for e in group]
     prompts = [model.prompt_text(e.features) for e in examples]
-    forced = [forecast_sentence(e.features, e.target) for e in examples]
-    answers = [verbalize(e.features, e.target, variant=rng.randrange(1 << 30)) for e in examples]
+    forced = [forecast_sentence(e.features, e.count_target) for e in examples]
+    answers = [
+        verbalize(e.features, e.count_target, variant=rng.randrange(1 << 30)) for e in examples
+    ]
     residual, nll = model(model.encode(prompts, answers, forced))
     if nll is None:
         raise RuntimeError("a batch with answers must give their NLL")
@@ -282,6 +361,7 @@ def train(
     progress: bool = True,
     device: str = "cpu",
     items: Mapping[str, ItemMeta] | None = None,
+    init_adapter: Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume training) a TRAIL adapter; returns the manifest it writes.
 
@@ -290,6 +370,11 @@ def train(
 
     On ``device="cuda"`` the loop is the same; the frozen base runs in bfloat16 autocast
     while the LoRA weights, the head and the optimizer state stay in float32.
+
+    ``init_adapter`` starts the LoRA weights from a trained adapter of the same shape (rank,
+    targets, adapted layers) instead of peft's initialisation; the score head starts fresh,
+    since it is trained for this run's label and prior. A resumed run ignores it (the
+    checkpoint holds the weights).
     """
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -297,7 +382,11 @@ def train(
     split = split_snapshots(snapshot_dirs, config, model_config.prior, items)
     if not split.train:
         raise ValueError("no training windows with at least two items")
-    model = TrailModel.from_base(model_config).to(device)
+    model = TrailModel.from_base(model_config)
+    initialised_from = None
+    if init_adapter is not None and not (resume and (out_dir / CHECKPOINT).exists()):
+        initialised_from = _init_lora(model, init_adapter)
+    model = model.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     trainable = [p for p in model.lm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -321,11 +410,15 @@ def train(
         # Starting over silently would throw away a run the user asked to resume.
         raise CheckpointError(
             f"{out_dir / LEGACY_CHECKPOINT} is a pickle checkpoint of an older TRAIL and is "
-            f"never loaded (a pickle can run code): {_CHECKPOINT_FIX}"
+            f"never loaded (a pickle can run code): {CHECKPOINT_FIX}"
         )
+    best_path = out_dir / BEST
     if resume and checkpoint_path.exists():
         start_step, history, validations = load_checkpoint(checkpoint_path, model, optimizer, rng)
         print(f"resuming from step {start_step} ({checkpoint_path})")
+    else:
+        best_path.unlink(missing_ok=True)  # a previous run's selection is not this run's
+    best = best_metrics(best_path, SELECT_BY)
 
     started = time.perf_counter()
     bar = tqdm(
@@ -355,16 +448,26 @@ def train(
         done = step + 1
         if split.validation and (done % config.eval_every == 0 or done == config.steps):
             with autocast:
-                metrics = {"step": done, **validate(model, split.validation)}
+                metrics = {
+                    "step": done,
+                    **validate(model, split.validation, config.faithfulness_items),
+                }
             validations.append(metrics)
+            if best is None or metrics[SELECT_BY] > best[SELECT_BY]:
+                best = metrics
+                save_weights(best_path, model, {"step": done, **metrics})
             tqdm.write(
-                f"step {done}: val precision@10 {metrics['val_precision@10']:.3f} "
-                f"(prior {metrics['prior_precision@10']:.3f}), val mse {metrics['val_mse']:.3f} "
-                f"(prior {metrics['prior_mse']:.3f})"
+                f"step {done}: val captured@10 {metrics['val_captured@10']:.3f} "
+                f"(prior {metrics['prior_captured@10']:.3f}), precision@10 "
+                f"{metrics['val_precision@10']:.3f} (prior {metrics['prior_precision@10']:.3f}), "
+                f"faithfulness {metrics.get('val_faithfulness', float('nan')):.3f}"
             )
         if done % config.checkpoint_every == 0 or done == config.steps:
-            _save_checkpoint(checkpoint_path, model, optimizer, done, history, validations, rng)
+            save_checkpoint(checkpoint_path, model, optimizer, done, history, validations, rng)
     bar.close()
+    if best is not None and best["step"] != config.steps:
+        load_weights(best_path, model)
+        tqdm.write(f"selected step {best['step']} ({SELECT_BY} {best[SELECT_BY]:.3f})")
 
     info = {
         "model": model_config.to_json(),
@@ -377,7 +480,9 @@ def train(
         "steps": config.steps,
         "final_loss": _mean_tail(history, "loss"),
         "final_parts": {k: _mean_tail(history, k) for k in ("mse", "lm", "rank", "expl")},
-        "validation": validations[-1] if validations else {},
+        "initialised_from": initialised_from,
+        "selected_by": SELECT_BY,
+        "validation": best or {},
         "validation_history": validations,
         "seconds_this_run": round(time.perf_counter() - started, 1),
         "device": device,
@@ -387,121 +492,31 @@ def train(
     return model.to("cpu").save(out_dir, info)
 
 
+def _init_lora(model: TrailModel, adapter_dir: Path) -> dict[str, Any]:
+    """Copy a trained adapter's LoRA weights into ``model``; what it was, for the manifest."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    manifest = read_adapter_manifest(adapter_dir)
+    other = read_trail_config(adapter_dir)
+    shape = ("base_model", "lora_rank", "lora_targets", "lora_top_fraction")
+    differ = [k for k in shape if getattr(other, k) != getattr(model.config, k)]
+    if differ:
+        raise ValueError(
+            f"--init-adapter {adapter_dir}: its LoRA differs in {', '.join(differ)} "
+            f"({', '.join(f'{k}={getattr(other, k)!r}' for k in differ)}); pass the same "
+            "settings, or start from scratch"
+        )
+    state = load_file(adapter_dir / LORA_FILE)
+    result = set_peft_model_state_dict(model.lm, state)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"--init-adapter {adapter_dir}: tensors that fit no LoRA weight here")
+    return {"adapter": str(adapter_dir), "files": manifest.get("files", {}).get(LORA_FILE)}
+
+
 def _mean_tail(history: list[dict[str, float]], key: str, n: int = 20) -> float:
     values = [h[key] for h in history[-n:] if key in h]
     return float(np.mean(values)) if values else float("nan")
-
-
-def _trainable_state(model: TrailModel) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.lm.named_parameters() if p.requires_grad}
-
-
-def _save_checkpoint(
-    path: Path,
-    model: TrailModel,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    history: list[dict[str, float]],
-    validations: list[dict[str, float]],
-    rng: random.Random,
-) -> None:
-    """Write a checkpoint: tensors in safetensors, counters and settings as JSON metadata."""
-    tensors = {f"trainable/{n}": t.cpu().contiguous() for n, t in _trainable_state(model).items()}
-    tensors |= {f"head/{n}": t.detach().cpu().clone() for n, t in model.head.state_dict().items()}
-    optimizer_state = optimizer.state_dict()
-    plain_state: dict[str, dict[str, Any]] = {}
-    for index, values in optimizer_state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer/{index}/{key}"] = value.detach().cpu().contiguous()
-            else:
-                plain_state.setdefault(str(index), {})[key] = value
-    tensors["torch_rng"] = torch.get_rng_state()
-    version, internal, gauss = rng.getstate()
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "history": history,
-        "validations": validations,
-        "rng": [version, list(internal), gauss],
-        "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain_state},
-    }
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, temporary, metadata={_STATE_KEY: json.dumps(state)})
-    temporary.replace(path)
-
-
-def load_checkpoint(
-    path: Path, model: TrailModel, optimizer: torch.optim.Optimizer, rng: random.Random
-) -> tuple[int, list[dict[str, float]], list[dict[str, float]]]:
-    """Restore a checkpoint into ``model``, ``optimizer``, ``rng`` and torch's RNG.
-
-    Returns the step it was written at, the loss history and the validations so far. A file
-    that does not fit (unreadable, not a TRAIL checkpoint, another model's weights) raises
-    :class:`CheckpointError`, and the training run stops there.
-    """
-    try:
-        with safe_open(path, framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({one_line(exc)}): {_CHECKPOINT_FIX}"
-        ) from exc
-    groups: dict[str, dict[str, torch.Tensor]] = {"trainable": {}, "head": {}, "optimizer": {}}
-    for name, tensor in tensors.items():
-        group, _, rest = name.partition("/")
-        if group in groups:
-            groups[group][rest] = tensor
-    try:
-        state = json.loads(metadata[_STATE_KEY])
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"its format is not {CHECKPOINT_FORMAT!r}")
-        step = int(state["step"])
-        history = list(state["history"])
-        validations = list(state["validations"])
-        version, internal, gauss = state["rng"]
-        # Per parameter index: the plain values from JSON, the tensors from the file.
-        per_parameter: dict[int, dict[str, Any]] = {
-            int(index): dict(values) for index, values in state["optimizer"]["state"].items()
-        }
-        for name, tensor in groups["optimizer"].items():
-            index, _, key = name.partition("/")
-            per_parameter.setdefault(int(index), {})[key] = tensor
-        optimizer_state = {
-            "param_groups": state["optimizer"]["param_groups"],
-            "state": per_parameter,
-        }
-        torch_rng = tensors["torch_rng"]
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{path} holds no TRAIL training state ({type(exc).__name__}: {one_line(exc)}): "
-            f"{_CHECKPOINT_FIX}"
-        ) from exc
-    parameters = {n: p for n, p in model.lm.named_parameters() if p.requires_grad}
-    expected = {n: tuple(p.shape) for n, p in parameters.items()}
-    found = {n: tuple(t.shape) for n, t in groups["trainable"].items()}
-    if found != expected:
-        differ = sorted(set(found) ^ set(expected)) or sorted(
-            n for n in expected if found[n] != expected[n]
-        )
-        raise CheckpointError(
-            f"{path} was written for another model ({len(found)} trainable tensors, "
-            f"{len(expected)} here; first difference: {differ[0]}): {_CHECKPOINT_FIX}"
-        )
-    try:
-        with torch.no_grad():
-            for name, value in groups["trainable"].items():
-                parameters[name].copy_(value)
-        model.head.load_state_dict(groups["head"])
-        optimizer.load_state_dict(optimizer_state)
-        rng.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(torch_rng)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(
-            f"{path} does not fit this training run ({one_line(exc)[:300]}): {_CHECKPOINT_FIX}"
-        ) from exc
-    return step, history, validations
 
 
 def _versions() -> dict[str, str]:

@@ -105,8 +105,9 @@ def test_prompt_token_count_with_the_real_smollm2_tokenizer(smollm2: Path) -> No
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     counts = sorted(len(tokenizer(build_prompt(f))["input_ids"]) for f, _ in _cases(300, 5))
     median = counts[len(counts) // 2]
-    assert 64 <= median <= 110, counts
-    assert counts[-1] <= 140, counts
+    # The sixth line (users, returning users, last quarter) costs about 15 tokens.
+    assert 64 <= median <= 120, counts
+    assert counts[-1] <= 150, counts
     # No BOS is prepended: the first token is the text's own.
     ids = tokenizer("Hello")["input_ids"]
     assert ids[0] != tokenizer.bos_token_id

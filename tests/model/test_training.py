@@ -58,18 +58,25 @@ def snapshots(events: Path) -> Path:
     return out
 
 
-def test_losses_go_down_on_a_toy_set(tiny_model: Path, snapshots: Path) -> None:
+@pytest.mark.parametrize(
+    ("label", "prior"), [("count", "ewma-1"), ("returning", "returning-users")]
+)
+def test_losses_go_down_on_a_toy_set(
+    tiny_model: Path, snapshots: Path, label: str, prior: str
+) -> None:
     torch.manual_seed(0)
-    config = TrainConfig(batch_size=6, windows_per_batch=2, holdout=2, val_windows=1, rescore_top=6)
-    split = split_snapshots([snapshots], config, "ewma-1")
+    config = TrainConfig(
+        batch_size=6, windows_per_batch=2, holdout=2, val_windows=1, rescore_top=6, label=label
+    )
+    split = split_snapshots([snapshots], config, prior)
     # Every layer adapted: the tiny random model has only two.
     model = TrailModel.from_base(
-        TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0, lora_rank=16)
+        TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0, lora_rank=16, prior=prior)
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     fixed = [split.train[0][:3], split.train[1][:3]]
     first = None
-    for _ in range(40):
+    for _ in range(80):
         loss, parts = step_loss(model, fixed, config, random.Random(1))
         optimizer.zero_grad()
         loss.backward()
@@ -293,10 +300,11 @@ def test_resumed_run_is_the_uninterrupted_run(
             steps=steps,
             batch_size=4,
             holdout=2,
-            val_windows=1,
             rescore_top=6,
             warmup=10,
-            eval_every=100,
+            # No validation: a 2-step run validates (and selects) at its last step, which a
+            # 4-step run never does, so the selected weights would differ by design.
+            val_windows=0,
             checkpoint_every=2,
         )
 
@@ -419,3 +427,82 @@ def test_published_explanations_are_judged_by_the_forecast_they_state(
     assert results["explanations"] == 20.0
     assert results["contradiction_rate"] == 0.0
     assert results["faithfulness"] == 1.0
+
+
+def test_adapter_gets_the_selected_steps_weights(
+    tiny_model: Path, snapshots: Path, tmp_path: Path
+) -> None:
+    """The adapter written is the validation step with the best ``captured@10`` (earliest on
+    ties), not simply the last step, and the manifest says which step and why.
+
+    Catches: a selection that is recorded but whose weights are not the ones saved, or a run
+    that saves its last step whatever validation said.
+    """
+    config = TrainConfig(
+        steps=6,
+        batch_size=4,
+        holdout=2,
+        val_windows=1,
+        rescore_top=6,
+        eval_every=2,
+        faithfulness_items=2,
+        lr=5e-2,
+        head_lr=5e-2,
+    )
+    manifest = train(
+        [snapshots],
+        tmp_path / "run",
+        model_config=TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0),
+        config=config,
+        progress=False,
+    )
+    history = manifest["validation_history"]
+    assert [v["step"] for v in history] == [2, 4, 6]
+    best = max(history, key=lambda v: (v["val_captured@10"], -v["step"]))
+    assert manifest["selected_by"] == "val_captured@10"
+    assert manifest["validation"]["step"] == best["step"]
+    assert 0.0 <= history[0]["val_faithfulness"] <= 1.0
+    selected = load_file(tmp_path / "run" / "best.safetensors")
+    head = load_file(tmp_path / "run" / "score_head.safetensors")
+    assert all(torch.equal(selected[f"head/{k}"], v) for k, v in head.items())
+
+
+def test_init_adapter_starts_from_its_lora_weights(
+    tiny_model: Path, snapshots: Path, tmp_path: Path
+) -> None:
+    """``init_adapter``: the LoRA weights start as the given adapter's (a run with a zero
+    learning rate writes them back unchanged); an adapter of another shape is refused.
+
+    Catches: a warm start that silently keeps peft's fresh initialisation.
+    """
+    base = TrainConfig(steps=2, batch_size=4, holdout=2, val_windows=0, rescore_top=6, lr=5e-2)
+    model_config = TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0)
+    train([snapshots], tmp_path / "first", model_config=model_config, config=base, progress=False)
+    frozen = TrainConfig(**{**base.__dict__, "steps": 1, "lr": 0.0, "head_lr": 0.0})
+    manifest = train(
+        [snapshots],
+        tmp_path / "second",
+        model_config=model_config,
+        config=frozen,
+        progress=False,
+        init_adapter=tmp_path / "first",
+    )
+    assert manifest["initialised_from"]["adapter"] == str(tmp_path / "first")
+    first = load_file(tmp_path / "first" / "adapter_model.safetensors")
+    second = load_file(tmp_path / "second" / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    fresh = TrailModel.from_base(model_config)
+    lora_b = [p for n, p in fresh.lm.named_parameters() if "lora_B" in n]
+    assert all(p.count_nonzero() == 0 for p in lora_b)  # peft's start, which init replaces
+    assert any(t.count_nonzero() > 0 for k, t in first.items() if "lora_B" in k)
+    other = TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0, lora_rank=4)
+    with pytest.raises(ValueError, match="lora_rank"):
+        train(
+            [snapshots],
+            tmp_path / "third",
+            model_config=other,
+            config=frozen,
+            progress=False,
+            init_adapter=tmp_path / "first",
+        )
