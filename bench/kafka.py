@@ -44,11 +44,12 @@ sys.path.insert(0, str(ROOT))
 from bench.common import command_line, machine, record, today  # noqa: E402
 from model.registry import scorer_factory  # noqa: E402
 from streams.eventlog import EventLog, load_events  # noqa: E402
+from streams.kafka.options import TopicSpec, ensure_topics  # noqa: E402
+from streams.kafka.sender import BatchSender  # noqa: E402
+from streams.kafka.worker import Worker  # noqa: E402
 from streams.kafka_cli import event_values  # noqa: E402
-from streams.kafka_io import BatchSender, TopicSpec, ensure_topics  # noqa: E402
 from streams.partitioning import partitions_of  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.worker import Worker, worker_class  # noqa: E402
 
 HEADER = (
     "| date | machine | command | worker events/s | raw consume/s | raw produce/s "
@@ -171,7 +172,7 @@ async def raw_consume(settings: Settings, topic: str, expected: int) -> float:
 
 
 async def run_worker(settings: Settings, log: EventLog, until_idle: float = 2.0) -> Worker:
-    worker = worker_class(settings.runtime)(
+    worker = Worker(
         settings,
         scorer_factory=scorer_factory(settings.scorer, settings),
         items=dict(log.items),

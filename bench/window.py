@@ -54,7 +54,7 @@ from model.registry import scorer_factory  # noqa: E402
 from schemas import encode  # noqa: E402
 from streams.engine import Engine, WindowResult  # noqa: E402
 from streams.eventlog import load_events  # noqa: E402
-from streams.kafka_io import encode_score_updates  # noqa: E402
+from streams.kafka.publisher import encode_score_updates  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.trend.windows import parse_duration  # noqa: E402
 

@@ -78,8 +78,8 @@ async def produce_log(
     """
     from aiokafka import AIOKafkaProducer
 
-    from streams.kafka_io import BatchSender, TopicSpec, client_options, ensure_topics
-    from streams.kafka_options import verify_connection
+    from streams.kafka.options import TopicSpec, client_options, ensure_topics, verify_connection
+    from streams.kafka.sender import BatchSender
 
     await verify_connection(settings)  # refused credentials: one clear error, no retries
     topic = topic or settings.events_topic
@@ -156,14 +156,14 @@ async def produce_items(
     """
     from aiokafka import AIOKafkaProducer
 
-    from streams.kafka_io import (
-        BatchSender,
+    from streams.kafka.options import (
         TopicSpec,
         client_options,
         ensure_topics,
         items_topic_spec,
+        verify_connection,
     )
-    from streams.kafka_options import verify_connection
+    from streams.kafka.sender import BatchSender
 
     topic = topic if topic is not None else settings.items_topic
     if not topic:

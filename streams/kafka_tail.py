@@ -29,7 +29,7 @@ def _date(ts: int) -> str:
 def format_record(kind: str, record: Any) -> tuple[str, str]:
     """(de-duplication key, human-readable text) of one record."""
     if kind == "dlq":
-        from streams.kafka_io import read_dead_letter
+        from streams.kafka.deadletters import read_dead_letter
 
         letter = read_dead_letter(record)
         shown = (letter.value or b"")[:80].decode("utf-8", "replace")
@@ -78,8 +78,7 @@ async def tail(
 ) -> int:
     from aiokafka import AIOKafkaConsumer
 
-    from streams.kafka_io import client_options
-    from streams.kafka_options import verify_connection
+    from streams.kafka.options import client_options, verify_connection
 
     await verify_connection(settings)  # refused credentials: one clear error, no retries
     out = out if out is not None else sys.stdout

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.no_source:
         hub.source_ready = True
     else:
-        from streams.kafka_options import KafkaSecurityError, verify_connection
+        from streams.kafka.options import KafkaSecurityError, verify_connection
 
         # Settings or credentials the broker refuses: one error now, not a source that
         # retries them for ever behind a page that never fills.

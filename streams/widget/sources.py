@@ -178,7 +178,7 @@ class KafkaSource:
         self.assigned: set[Any] = set()
 
     def _client_options(self) -> dict[str, Any]:
-        from streams.kafka_options import client_options
+        from streams.kafka.options import client_options
 
         return {**client_options(self.settings), "client_id": "trail-widget"}
 

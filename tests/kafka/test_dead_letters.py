@@ -24,8 +24,8 @@ from kafka_support import (
 )
 
 from schemas import MAX_RECORD_BYTES
+from streams.kafka.deadletters import read_dead_letter
 from streams.kafka_cli import produce_log
-from streams.kafka_io import read_dead_letter
 from streams.partitioning import partition_for
 
 pytestmark = pytest.mark.kafka

@@ -1,5 +1,5 @@
 """Property-based tests of event decoding (issue 11 item 10): whatever arrives on the events
-topic, :func:`~streams.kafka_io.decode_events` never raises, accepts exactly what the schema
+topic, :func:`~streams.kafka.decode.decode_events` never raises, accepts exactly what the schema
 (:class:`schemas.Event`) accepts with the same values, and dead-letters everything else with
 its reason; and garbage mixed into a real log costs none of its good rows.
 
@@ -25,14 +25,9 @@ from kafka_support import ml100k
 from model.registry import scorer_factory
 from schemas import MAX_RECORD_BYTES, Event, RecordError, decode, encode
 from streams.engine import Engine
+from streams.kafka.deadletters import MAX_REASON_CHARS, dead_letter_record, read_dead_letter
+from streams.kafka.decode import DecodedEvents, decode_events
 from streams.kafka_cli import event_values
-from streams.kafka_io import (
-    MAX_REASON_CHARS,
-    DecodedEvents,
-    dead_letter_record,
-    decode_events,
-    read_dead_letter,
-)
 from streams.settings import Settings
 
 NOW = 1_700_000_000.0

@@ -19,16 +19,11 @@ import orjson
 import pytest
 from kafka_support import RUNTIMES, WorkerProcess, read_topics, unique_settings
 
-from streams.kafka_io import (
-    BatchSender,
-    TopicSpec,
-    client_options,
-    ensure_topics,
-    read_dead_letter,
-    show_time,
-)
+from streams.kafka.deadletters import read_dead_letter, show_time
+from streams.kafka.options import TopicSpec, client_options, ensure_topics
+from streams.kafka.sender import BatchSender
+from streams.kafka.trending import partials_topic
 from streams.settings import Settings
-from streams.worker import partials_topic
 
 pytestmark = pytest.mark.kafka
 

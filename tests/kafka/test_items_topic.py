@@ -47,19 +47,18 @@ from model.registry import scorer_factory
 from schemas import MAX_RECORD_BYTES, ItemMeta, ScoreUpdate
 from streams.engine import Engine
 from streams.eventlog import EventLog
+from streams.kafka.deadletters import read_dead_letter
+from streams.kafka.decode import decode_item_records
+from streams.kafka.items import items_checkpoint, restore_items_checkpoint
+from streams.kafka.sender import BatchSender
+from streams.kafka.worker import Worker
 from streams.kafka_cli import produce_items, produce_log
-from streams.kafka_io import BatchSender, decode_item_records, read_dead_letter
 from streams.partitioning import partition_for, split_log
 from streams.publish import MemoryPublisher
 from streams.replay import EvaluationWindows, replay
 from streams.settings import Settings
 from streams.trend.state import TrendConfig, TrendState
 from streams.trend.windows import WindowSpec
-from streams.worker import (
-    Worker,
-    items_checkpoint,
-    restore_items_checkpoint,
-)
 
 kafka = pytest.mark.kafka
 
@@ -282,7 +281,7 @@ def test_a_partition_applies_items_records_once_and_checkpoints_them(
     new file under the topic's records, and says so (it refused to start before)."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.worker import Checkpoint
+    from streams.kafka.state import Checkpoint
 
     seven = ItemMeta(item_id="7", title="Seven", categories=("A",))
     file_items = {"9": ItemMeta(item_id="9", title="Nine (file)")}

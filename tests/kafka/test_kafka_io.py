@@ -22,26 +22,22 @@ from kafka_support import ml100k, unique_settings
 from model.registry import scorer_factory
 from schemas import Event, RecordError, TrendingItem, TrendingSnapshot, decode, encode
 from streams.engine import Engine
-from streams.kafka_io import (
+from streams.kafka.deadletters import (
     DLQ_MAX_VALUE_BYTES,
-    BatchSender,
     DeadLetter,
     dead_letter_record,
-    decode_events,
-    encode_score_updates,
     read_dead_letter,
     show_time,
 )
+from streams.kafka.decode import decode_events
+from streams.kafka.processor import Counters, late_reasons
+from streams.kafka.publisher import encode_score_updates
+from streams.kafka.sender import BatchSender
+from streams.kafka.state import StateStore
+from streams.kafka.trending import TrendingMerger, merge_trending
+from streams.kafka.worker import Worker
 from streams.settings import Settings
 from streams.trend.windows import parse_duration
-from streams.worker import (
-    Counters,
-    StateStore,
-    TrendingMerger,
-    Worker,
-    late_reasons,
-    merge_trending,
-)
 
 
 @pytest.mark.parametrize(
@@ -396,9 +392,9 @@ def test_state_store_round_trip_in_chunks_and_generations(
     monkeypatch: pytest.MonkeyPatch,
     chunk_bytes: int,
 ) -> None:
-    import streams.worker as worker_module
+    import streams.kafka.state as state_module
 
-    monkeypatch.setattr(worker_module, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(state_module, "CHUNK_BYTES", chunk_bytes)
     topic = kafka_topic_factory(partitions=2, prefix="changelog")
     settings = unique_settings(kafka_bootstrap, "store")
 

@@ -8,7 +8,7 @@
 - A wrong password, an untrusted certificate or settings that cannot work stop every command
   with one ``error:`` line and exit status 2: no traceback, no retry loop, no hang.
 
-The first tests need no broker: they pin what :mod:`streams.kafka_options` builds.
+The first tests need no broker: they pin what :mod:`streams.kafka.options` builds.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ from kafka_support import (
 )
 
 from schemas import encode
-from streams.kafka_cli import event_values, produce_log
-from streams.kafka_options import (
+from streams.kafka.options import (
     KafkaSecurityError,
     client_options,
     faust_credentials,
     verify_connection,
 )
+from streams.kafka_cli import event_values, produce_log
 from streams.settings import Settings
 
 kafka = pytest.mark.kafka

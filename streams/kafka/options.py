@@ -1,4 +1,5 @@
-"""Kafka connection options from :class:`~streams.settings.Settings`, for every TRAIL client.
+"""Kafka connection options and topics from :class:`~streams.settings.Settings`, for every
+TRAIL client (the worker, ``trail produce``/``tail``, the widget, the benchmark).
 
 The one place that turns the ``TRAIL_*`` connection settings into what the clients take:
 
@@ -8,7 +9,9 @@ The one place that turns the ``TRAIL_*`` connection settings into what the clien
 - :func:`verify_connection`: one bounded connection attempt with these options, so that a
   rejected password or an untrusted certificate stops a command with one clear message.
   Without it aiokafka only says "Unable to bootstrap from [...]" (the cause goes to a log
-  line), and a client that retries on errors (the widget's source) would retry for ever.
+  line), and a client that retries on errors (the widget's source) would retry for ever;
+- :func:`ensure_topics` creates the topics the app needs (:class:`TopicSpec`; the compacted
+  catalog topic's spec is :func:`items_topic_spec`).
 
 =================  ===========================================================================
 protocol           uses
@@ -32,7 +35,7 @@ the ``trail`` command line prints as one ``error:`` line and exit status 2).
 >>> client_options(Settings(security_protocol="SASL_PLAINTEXT", sasl_username="u"))
 Traceback (most recent call last):
 ...
-streams.kafka_options.KafkaSecurityError: TRAIL_SECURITY_PROTOCOL=SASL_PLAINTEXT needs \
+streams.kafka.options.KafkaSecurityError: TRAIL_SECURITY_PROTOCOL=SASL_PLAINTEXT needs \
 TRAIL_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)
 """
 
@@ -41,6 +44,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams.settings import Settings
@@ -324,3 +329,73 @@ async def _reachable(host: str, port: int, timeout_s: float) -> bool:
     except OSError:
         pass  # closing a socket nobody wrote to: nothing to report
     return True
+
+
+# ------------------------------------------------------------------------------ topics
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the app needs: its name, partition count and topic configs (created with them
+    when missing; an existing topic is left as it is)."""
+
+    name: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> dict[str, int]:
+    """Create missing topics; return every topic's partition count (existing ones as they are).
+
+    Concurrent creators (two workers starting at once) are fine: "already exists" is success.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        # list_topics, not describe: a Metadata request for a missing topic may auto-create it
+        # with the broker's defaults.
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(
+                        name=s.name,
+                        num_partitions=s.partitions,
+                        replication_factor=settings.replication_factor,
+                        topic_configs=dict(s.config),
+                    )
+                    for s in missing
+                ]
+            )
+            for topic, code, *rest in response.topic_errors:
+                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
+                    raise RuntimeError(f"could not create topic {topic!r}: error {code} {rest}")
+        deadline = asyncio.get_running_loop().time() + 30.0
+        while True:
+            counts = await _partition_counts(admin, [s.name for s in specs])
+            if len(counts) == len(specs):
+                return counts
+            if asyncio.get_running_loop().time() > deadline:
+                absent = sorted({s.name for s in specs} - set(counts))
+                raise TimeoutError(f"topics {absent} have no leaders after 30 s")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
+    """Partition counts of the topics that exist and have a leader for every partition."""
+    counts: dict[str, int] = {}
+    for described in await admin.describe_topics(list(names)):
+        partitions = described.get("partitions") or []
+        if described.get("error_code") == 0 and partitions:
+            if all(p.get("leader", -1) >= 0 for p in partitions):
+                counts[described["topic"]] = len(partitions)
+    return counts
+
+
+def items_topic_spec(name: str, partitions: int) -> TopicSpec:
+    """The catalog topic: compacted (the last value of each item id is kept, a null value
+    removes it), with as many partitions as the events topic."""
+    return TopicSpec(name, partitions, {"cleanup.policy": "compact"})
