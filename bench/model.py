@@ -44,14 +44,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import command_line, machine, record, today  # noqa: E402
-from export.runtime import (  # noqa: E402
+from export.manifest import GENERATOR_FILE, MANIFEST_FILE, SCORER_FILE  # noqa: E402
+from export.runtime import OrtTrailModel  # noqa: E402
+from export.sessions import (  # noqa: E402
     CPU,
     CUDA,
-    GENERATOR_FILE,
-    MANIFEST_FILE,
-    SCORER_FILE,
     GeneratorGraph,
-    OrtTrailModel,
     ScorerGraph,
     cpu_threads,
     default_providers,
@@ -294,7 +292,7 @@ def main() -> int:
     import torch
 
     from export.cache import cache_root, ensure_export
-    from export.runtime import int8_status
+    from export.manifest import int8_status
     from model.scorer import adapter_version
     from model.trail import TrailModel
     from streams.settings import Settings

@@ -19,7 +19,8 @@ Steps (each prints a progress line):
    difference against a threshold, greedy tokens identical for every prompt, and the batched
    prompt ids identical to the chat template's;
 6. with ``int8``: both graphs quantized (:mod:`export.quantize`) and judged against fp32;
-7. ``manifest.json`` last: hashes, opset, versions, base model, adapter, config, validation.
+7. ``manifest.json`` last (:func:`export.manifest.write_manifest`): hashes, opset, versions,
+   base model, adapter, config, validation.
 
 The export is staged in a hidden sibling folder and renamed into place at the end, so a
 :class:`export.runtime.ModelWatcher` never sees half of one.
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
 import random
 import shutil
 import sys
@@ -45,8 +45,7 @@ import torch
 from torch import nn
 
 from export import DEFAULT_MAX_ABS_DIFF, DEFAULT_OPSET, DEFAULT_PROMPTS
-from export.runtime import (
-    CPU,
+from export.manifest import (
     GENERATOR_DIR,
     GENERATOR_FILE,
     MANIFEST_FILE,
@@ -54,10 +53,11 @@ from export.runtime import (
     PROMPT_FILE,
     SCORER_FILE,
     TOKENIZER_DIR,
-    OrtTrailModel,
-    export_files,
-    file_entries,
+    library_versions,
+    write_manifest,
 )
+from export.runtime import OrtTrailModel
+from export.sessions import CPU
 from model.explain import forecast_sentence
 from model.priors import prior_log_count
 from model.prompts import chat_pieces
@@ -277,44 +277,7 @@ def _prune(graph: Any) -> None:
     graph.initializer.extend(weights)
 
 
-# ---------------------------------------------------------------------------- manifest
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "optimum", "optimum-onnx", "onnx"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "missing"
-    import onnxruntime
-
-    versions["onnxruntime"] = f"{onnxruntime.__version__} ({', '.join(_ort_builds())})"
-    return versions
-
-
-def _ort_builds() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    builds = []
-    for name in ("onnxruntime-gpu", "onnxruntime"):
-        try:
-            builds.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            continue
-    return builds
-
-
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write ``manifest`` with the hashes of every file in ``out_dir``, atomically (a reader
-    sees the old manifest or the new one, never half of one)."""
-    manifest = {**manifest, "files": file_entries(out_dir, export_files(out_dir))}
-    temporary = out_dir / f".{MANIFEST_FILE}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    temporary.replace(out_dir / MANIFEST_FILE)
-    return manifest
-
-
+# ---------------------------------------------------------------------------- staging
 def _prepare_out(out_dir: Path) -> Path:
     """The staging folder beside ``out_dir`` (hidden from watchers); refuses foreign folders."""
     if out_dir.exists():

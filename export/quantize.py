@@ -28,15 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from export.runtime import (
-    CPU,
-    GENERATOR_FILE,
-    INT8_GENERATOR_FILE,
-    INT8_SCORER_FILE,
-    SCORER_FILE,
-    OrtTrailModel,
-    left_padded,
-)
+from export.manifest import GENERATOR_FILE, INT8_GENERATOR_FILE, INT8_SCORER_FILE, SCORER_FILE
+from export.runtime import OrtTrailModel
+from export.sessions import CPU, left_padded, session_options
 from schemas import ItemFeatures
 
 #: Validation windows of synthetic items, and items in each (the cascade re-scores 50).
@@ -77,7 +71,9 @@ def calibrate(generator: Path, rows: Sequence[Sequence[int]], pad_id: int) -> Ca
     known = {o.name for o in model.graph.output}
     for tensor in sorted(set(taps.values()) - known):
         model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, 1, None))
-    session = ort.InferenceSession(model.SerializeToString(), providers=[CPU])
+    session = ort.InferenceSession(
+        model.SerializeToString(), sess_options=session_options(), providers=[CPU]
+    )
     del model
     inputs = {i.name: i for i in session.get_inputs()}
     ids, mask, positions = left_padded(rows, pad_id)

@@ -13,15 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from export.onnx_export import export_model, validation_features, write_manifest
-from export.runtime import (
-    CPU,
-    MANIFEST_FILE,
-    ModelLoadError,
-    OrtTrailModel,
-    OrtTrailScorer,
-    ReloadingScorer,
-)
+from export.manifest import MANIFEST_FILE, ModelLoadError, write_manifest
+from export.onnx_export import export_model, validation_features
+from export.reload import ReloadingScorer
+from export.runtime import OrtTrailModel, OrtTrailScorer
+from export.sessions import CPU
 from model.explain import forecast_sentence
 from model.scorer import TrailScorer, adapter_version
 from model.trail import TrailConfig, TrailModel
@@ -170,6 +166,21 @@ def test_io_binding_path_matches_plain_runs(exported: Path) -> None:
     assert plain.generate_ids(prompts, max_new_tokens=8) == bound.generate_ids(
         prompts, max_new_tokens=8
     )
+
+
+def test_both_graphs_run_with_the_one_session_options(exported: Path) -> None:
+    """The scorer's and the generator's sessions take their options from the one builder: the
+    thread count asked for, one inter-op thread, full optimisation, no spinning. Catches a
+    session built with ORT's defaults (spinning threads, every core) or a builder that drops
+    ``threads``."""
+    import onnxruntime as ort
+
+    model = OrtTrailModel(exported, providers=[CPU], threads=1, verify=False)
+    for graph in (model.scorer, model.generator):
+        options = graph.session.get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+        assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def _copy(exported: Path, to: Path) -> Path:

@@ -17,21 +17,18 @@ import pytest
 import torch
 
 from export.cache import ExportUnavailable, cached_trail_scorer, ensure_export, export_key
-from export.onnx_export import validation_features
-from export.runtime import (
-    CPU,
-    CUDA,
+from export.manifest import (
     INT8_GENERATOR_FILE,
     INT8_SCORER_FILE,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
     PROMPT_FILE,
-    ExportTokenizer,
     ModelLoadError,
-    OrtTrailModel,
-    OrtTrailScorer,
-    choose_precision,
 )
+from export.onnx_export import validation_features
+from export.runtime import OrtTrailModel, OrtTrailScorer, choose_precision
+from export.sessions import CPU, CUDA
+from export.tokenizer import ExportTokenizer
 from model.explain import forecast_sentence
 from model.prompts import PromptEncoder, build_prompt, chat_pieces, chat_prompt
 from model.scorer import TrailScorer, language_model_scorer_factory
