@@ -31,7 +31,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from streams.trend.packing import pack_array, unpack_array
-from streams.trend.stats import DecayingMeans, RecentCounts, grown
+from streams.trend.stats import DecayingMeans, GapFactors, RecentCounts, gather, grown
 from streams.trend.users import (
     HashArray,
     SeenUsers,
@@ -54,7 +54,8 @@ class ContinuousDecay:
     """Per-item ``sum_i w_i * 2 ** (-(t - s_i) / h)`` over event times ``s_i``, at several ``h``.
 
     Each row remembers when it was last folded and decays lazily when read, so a window
-    close touches only the items that changed.
+    close touches only the items that changed. ``unit`` is the spacing of the times rows are
+    folded at (the window length): decay factors over whole units are computed once each.
 
     >>> decay = ContinuousDecay(half_lives=(10.0,))
     >>> decay.fold(np.array([0]), np.array([[1.0]]), at=100.0)
@@ -62,10 +63,11 @@ class ContinuousDecay:
     [[0.25], [0.0]]
     """
 
-    def __init__(self, half_lives: tuple[float, ...]) -> None:
+    def __init__(self, half_lives: tuple[float, ...], unit: float = 1.0) -> None:
         self.half_lives = np.asarray(half_lives, dtype=np.float64)
         self._values = np.zeros((0, len(half_lives)))
         self._at = np.zeros(0)
+        self._factors = GapFactors(lambda gaps: np.exp2(-gaps[:, None] / self.half_lives), unit)
 
     def _reserve(self, rows: IndexArray) -> None:
         if rows.size:
@@ -74,14 +76,20 @@ class ContinuousDecay:
             self._at = grown(self._at, size, 0.0)
 
     def contributions(self, codes: IndexArray, times: FloatArray, weights: FloatArray,
-                      at: float, size: int) -> FloatArray:
-        """Each item's events decayed to time ``at``: a ``size x len(half_lives)`` array."""
-        factors = np.exp2(-(at - times)[:, None] / self.half_lives[None, :]) * weights[:, None]
-        columns = [
-            np.bincount(codes, weights=factors[:, j], minlength=size)
-            for j in range(self.half_lives.shape[0])
-        ]
-        return np.stack(columns, axis=1) if columns else np.zeros((size, 0))
+                      at: float, rows: IndexArray) -> FloatArray:
+        """The events of each of ``rows`` decayed to time ``at``: ``len(rows) x len(half_lives)``.
+
+        ``rows`` must hold every code of ``codes``.
+        """
+        # One row of factors per half-life, events along the row: the long axis innermost
+        # (numpy loops over a short inner axis slowly) and each bincount reads a contiguous row.
+        factors = np.exp2(-(at - times)[None, :] / self.half_lives[:, None]) * weights[None, :]
+        size = int(rows.max()) + 1 if rows.size else 0
+        result = np.empty((rows.shape[0], self.half_lives.shape[0]))
+        for column in range(self.half_lives.shape[0]):
+            sums = np.bincount(codes, weights=factors[column], minlength=size)
+            result[:, column] = sums.take(rows)
+        return result
 
     def fold(self, rows: IndexArray, values: FloatArray, at: float) -> None:
         """Add ``values`` (already decayed to ``at``) to ``rows`` and move them to ``at``."""
@@ -91,8 +99,9 @@ class ContinuousDecay:
 
     def get(self, rows: IndexArray, at: float) -> FloatArray:
         self._reserve(rows)
-        gap = np.maximum(at - self._at[rows], 0.0)
-        decayed: FloatArray = self._values[rows] * np.exp2(-gap[:, None] / self.half_lives)
+        gap = np.maximum(at - self._at.take(rows), 0.0)
+        # values * 2 ** (-gap / h), the factor looked up by gap (see GapFactors): same bits.
+        decayed: FloatArray = gather(self._values, rows) * self._factors.factors(gap)
         return decayed
 
     def state_dict(self, size: int) -> dict[str, Any]:
@@ -104,8 +113,8 @@ class ContinuousDecay:
         }
 
     @classmethod
-    def from_state_dict(cls, data: Mapping[str, Any]) -> ContinuousDecay:
-        decay = cls(tuple(float(h) for h in data["half_lives"]))
+    def from_state_dict(cls, data: Mapping[str, Any], unit: float = 1.0) -> ContinuousDecay:
+        decay = cls(tuple(float(h) for h in data["half_lives"]), unit)
         decay._values = unpack_array(data["values"], np.float64).reshape(-1, len(decay.half_lives))
         decay._at = unpack_array(data["at"], np.float64).copy()
         return decay
@@ -119,6 +128,12 @@ def _member(values: HashArray, pool: HashArray) -> npt.NDArray[np.bool_]:
     where = np.minimum(np.searchsorted(ordered, values), ordered.shape[0] - 1)
     found: npt.NDArray[np.bool_] = ordered[where] == values
     return found
+
+
+def _present(codes: IndexArray, size: int) -> IndexArray:
+    """The distinct codes, ascending: a count per code instead of a hash per event."""
+    present: IndexArray = np.flatnonzero(np.bincount(codes, minlength=size)).astype(np.int64)
+    return present
 
 
 def _distinct(values: IndexArray) -> IndexArray:
@@ -211,9 +226,9 @@ class SubWindowSignals:
     ) -> None:
         self.window_seconds = window_seconds
         length = float(window_seconds)
-        self.decay = ContinuousDecay(tuple(f * length for f in DECAY_FRACTIONS))
+        self.decay = ContinuousDecay(tuple(f * length for f in DECAY_FRACTIONS), length)
         self.decay_returning = ContinuousDecay(
-            tuple(f * length for f in RETURNING_DECAY_FRACTIONS)
+            tuple(f * length for f in RETURNING_DECAY_FRACTIONS), length
         )
         self.users = RecentCounts(recent_windows)
         self.returning = RecentCounts(recent_windows)
@@ -249,11 +264,9 @@ class SubWindowSignals:
         length = float(self.window_seconds)
         end = float((window + 1) * self.window_seconds)
         codes, times, weights = events.codes, events.times, events.weights
-        rows = _distinct(codes)
+        rows = _present(codes, size)
         if rows.shape[0]:
-            self.decay.fold(
-                rows, self.decay.contributions(codes, times, weights, end, size)[rows], end
-            )
+            self.decay.fold(rows, self.decay.contributions(codes, times, weights, end, rows), end)
             late_quarter = times >= end - length / 4
             late_half = times >= end - length / 2
             quarter = np.bincount(codes[late_quarter], weights[late_quarter], minlength=size)
@@ -286,15 +299,16 @@ class SubWindowSignals:
         self.returning_ew.update(rows, window, returning[rows])
         by_returning = returning_person[person]
         if by_returning.any():
-            returning_rows = _distinct(codes[by_returning])
+            returning_codes = codes[by_returning]
+            returning_rows = _present(returning_codes, size)
             contributions = self.decay_returning.contributions(
-                codes[by_returning],
+                returning_codes,
                 events.times[known][by_returning],
                 events.weights[known][by_returning],
                 end,
-                size,
+                returning_rows,
             )
-            self.decay_returning.fold(returning_rows, contributions[returning_rows], end)
+            self.decay_returning.fold(returning_rows, contributions, end)
         if self._previous_window == window - 1 and self._previous_items.shape[0]:
             # Which of the previous window's people are active now: a lookup of its few
             # distinct users, then a gather per (item, user) pair.
@@ -319,20 +333,18 @@ class SubWindowSignals:
         size = int(rows.max()) + 1 if rows.size else 0
         self._reserve(size)
         end = float((window + 1) * self.window_seconds)
-        current = self._stamp[rows] == window
-        quarters = np.where(current[:, None], self._quarters[rows], 0.0)
-        rate = np.where(self._rate_stamp[rows] == window, self._rate[rows], 0.0)
-        recent_users = self.users.get(rows, window)
-        recent_returning = self.returning.get(rows, window)
+        current = self._stamp.take(rows) == window
+        rate = np.where(self._rate_stamp.take(rows) == window, self._rate.take(rows), 0.0)
+        first, last = self._first.take(rows), self._last.take(rows)
         return SubWindowFeatures(
             decayed=self.decay.get(rows, end),
             decayed_returning=self.decay_returning.get(rows, end),
-            last_quarter=quarters[:, 0].copy(),
-            last_half=quarters[:, 1].copy(),
-            since_first=np.where(np.isfinite(self._first[rows]), end - self._first[rows], 0.0),
-            since_last=np.where(np.isfinite(self._last[rows]), end - self._last[rows], 0.0),
-            recent_users=recent_users,
-            recent_returning=recent_returning,
+            last_quarter=np.where(current, self._quarters[:, 0].take(rows), 0.0),
+            last_half=np.where(current, self._quarters[:, 1].take(rows), 0.0),
+            since_first=np.where(np.isfinite(first), end - first, 0.0),
+            since_last=np.where(np.isfinite(last), end - last, 0.0),
+            recent_users=self.users.get(rows, window),
+            recent_returning=self.returning.get(rows, window),
             returning_ew=self.returning_ew.get(rows, window)[:, 0],
             return_rate=rate,
         )
@@ -372,8 +384,9 @@ class SubWindowSignals:
     def from_state_dict(cls, data: Mapping[str, Any]) -> SubWindowSignals:
         users = RecentCounts.from_state_dict(data["users"])
         signals = cls(int(data["window_seconds"]), users.k)
-        signals.decay = ContinuousDecay.from_state_dict(data["decay"])
-        signals.decay_returning = ContinuousDecay.from_state_dict(data["decay_returning"])
+        length = float(signals.window_seconds)
+        signals.decay = ContinuousDecay.from_state_dict(data["decay"], length)
+        signals.decay_returning = ContinuousDecay.from_state_dict(data["decay_returning"], length)
         signals.users = users
         signals.returning = RecentCounts.from_state_dict(data["returning"])
         signals.returning_ew = DecayingMeans.from_state_dict(data["returning_ew"])

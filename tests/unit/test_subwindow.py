@@ -9,7 +9,11 @@ import pytest
 from model.baselines import EWMA
 from streams.engine import Engine, EngineConfig
 from streams.trend.state import TrendConfig, TrendState
-from streams.trend.subwindow import DECAY_FRACTIONS, RETURNING_DECAY_FRACTIONS
+from streams.trend.subwindow import (
+    DECAY_FRACTIONS,
+    RETURNING_DECAY_FRACTIONS,
+    ContinuousDecay,
+)
 from streams.trend.users import BloomSeenUsers, ExactSeenUsers, hash_user_ids
 from streams.trend.windows import WindowSpec
 
@@ -193,3 +197,32 @@ def test_an_empty_frame_round_trips() -> None:
     again = type(frame).from_dict(orjson.loads(orjson.dumps(frame.to_dict())), {})
     assert again.decayed.shape == (0, len(DECAY_FRACTIONS))
     assert again.recent_users.shape == frame.recent_users.shape
+
+
+def test_continuous_decay_reads_the_exact_bits_of_its_definition() -> None:
+    """Decayed counts are read through a table of factors by whole-window gap; they must be
+    the bits of ``value * 2 ** (-gap / h)`` for whole gaps, gaps past the table, a never-folded
+    row and a read between window ends (catches a table in the wrong unit or a lost
+    fallback). Contributions must be the per-item sums of each event's own factor."""
+    rng = np.random.default_rng(4)
+    half_lives = tuple(f * W for f in DECAY_FRACTIONS)
+    decay = ContinuousDecay(half_lives, unit=W)
+    n = 200
+    folded_at = rng.integers(0, 6000, n)
+    for window in np.unique(folded_at).tolist():
+        rows = np.flatnonzero(folded_at == window)
+        decay.fold(rows, rng.random((rows.shape[0], len(half_lives))), at=float(window * W))
+    rows = np.arange(n + 3)  # three rows never folded
+    for at in (6000.0 * W, 6001.0 * W, 6000.5 * W, 12000.0 * W):
+        gap = np.maximum(at - decay._at[rows], 0.0)
+        want = decay._values[rows] * np.exp2(-gap[:, None] / decay.half_lives)
+        np.testing.assert_array_equal(decay.get(rows, at), want)
+    codes = rng.integers(0, 9, 500)
+    times = rng.uniform(0, W, 500)
+    weights = rng.uniform(0.5, 2.0, 500)
+    present = np.unique(codes)
+    got = decay.contributions(codes, times, weights, float(W), present)
+    for column, h in enumerate(half_lives):
+        factors = np.exp2(-(W - times) / h) * weights
+        want = np.bincount(codes, weights=factors)[present]
+        np.testing.assert_array_equal(got[:, column], want)

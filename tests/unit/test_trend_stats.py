@@ -7,7 +7,9 @@ import pytest
 from river import stats as river_stats
 
 from streams.trend.stats import (
+    MAX_TABLE_GAP,
     DecayingMeans,
+    GapFactors,
     RecentCounts,
     burstiness,
     slope_and_acceleration,
@@ -80,3 +82,63 @@ def test_state_dicts_round_trip() -> None:
     recent.update(np.array([1]), 3, np.array([6.0]))
     restored_recent = RecentCounts.from_state_dict(recent.state_dict(2))
     np.testing.assert_array_equal(restored_recent.get(rows[:2], 4), recent.get(rows[:2], 4))
+
+
+def test_decaying_means_read_the_exact_bits_of_their_definition() -> None:
+    """The means are read through a table of decay powers by gap; the values must be the bits
+    of ``mean * d ** gap`` itself, for short gaps, gaps past the table (an item quiet for
+    longer than MAX_TABLE_GAP windows) and negative windows (catches a wrong table entry, a
+    table indexed off by one, or a fallback that is not taken)."""
+    rng = np.random.default_rng(11)
+    means = DecayingMeans((1.0, 2.0, 4.0, 8.0))
+    n = 300
+    last = rng.integers(-50, 9000, n)
+    for window in np.unique(last).tolist():
+        rows = np.flatnonzero(last == window)
+        means.update(rows, window, rng.poisson(3.0, rows.shape[0]).astype(float) + 1.0)
+    rows = rng.permutation(n)
+    for window in (last.max(), last.max() + 1, last.max() + MAX_TABLE_GAP + 7):
+        gap = np.maximum(window - means._updated_at[rows], 0).astype(np.float64)
+        want = means._means[rows] * means.decay[None, :] ** gap[:, None]
+        np.testing.assert_array_equal(means.get(rows, int(window)), want)
+    assert (last.max() - last > MAX_TABLE_GAP).any() and (last.max() - last < 3).any()
+
+
+def test_gap_factors_fall_back_where_a_gap_is_not_a_whole_unit() -> None:
+    """Gaps that are not a whole number of units must not be rounded into the table."""
+    half_lives = np.array([18900.0, 604800.0])
+
+    def factor(gaps: np.ndarray) -> np.ndarray:
+        return np.exp2(-gaps[:, None] / half_lives)
+
+    table = GapFactors(factor, unit=604800.0)
+    gaps = np.array([0.0, 604800.0, 604800.5, 3 * 604800.0, 1e12, 604800.0 * 5000, 12.0])
+    np.testing.assert_array_equal(table.factors(gaps), factor(gaps))
+
+
+def test_recent_counts_equal_a_dense_history() -> None:
+    """RecentCounts.get checks a slot's stamp by range; it must still give exactly the last k
+    windows' counts (zeros for windows without an update), windows before 0 included, and
+    reading an older window must not show a later window's count in its slot."""
+    rng = np.random.default_rng(5)
+    k, n, windows = 4, 30, range(-6, 40)
+    recent = RecentCounts(k)
+    history = {w: np.zeros(n) for w in windows}
+    written = np.full((n, k), -(10**6))  # the last window written into each slot
+    everything = np.arange(n)
+    for window in windows:
+        rows = np.flatnonzero(rng.random(n) < 0.3)
+        values = rng.integers(1, 9, rows.shape[0]).astype(float)
+        recent.update(rows, window, values)
+        history[window][rows] = values
+        written[rows, window % k] = window
+        want = np.stack(
+            [history.get(w, np.zeros(n)) for w in range(window - k + 1, window + 1)], axis=1
+        )
+        np.testing.assert_array_equal(recent.get(everything, window), want)
+        np.testing.assert_array_equal(recent.latest(everything, window), want[:, -1])
+    for window in (35, 37):
+        got = recent.get(everything, window)
+        for column, w in enumerate(range(window - k + 1, window + 1)):
+            still = written[:, w % k] == w
+            np.testing.assert_array_equal(got[:, column], np.where(still, history[w], 0.0))
