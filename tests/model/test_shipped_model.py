@@ -1,7 +1,7 @@
 """The README's main job, tested: the shipped model scores and explains real ML-100K items.
 
 ``make demo`` runs ``trail replay ml-100k --window 7d --scorer trail``: the base model that
-``trail model fetch`` builds (SmolLM2-135M-Instruct, cached in ``$TRAIL_CACHE`` or
+``trail model fetch`` builds (SmolLM2-135M-Instruct, cached in ``$TRAIL_CACHE_DIR`` or
 ``~/.cache/trail`` and reused across runs) under the committed adapter
 ``model/adapters/trail-smollm2``. Here the same scorer, built by the registry as the command
 line builds it, replays ML-100K (downloaded at first use) and runs the LM on the last windows

@@ -300,9 +300,10 @@ def test_large_text_logs_are_cached_and_refreshed_when_changed(
 
 def test_dataset_names_and_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert dataset_names() == ["ml-100k", "ml-1m", "amazon-beauty"]
-    monkeypatch.setenv("TRAIL_CACHE", str(tmp_path / "here"))
+    monkeypatch.delenv("TRAIL_CACHE", raising=False)
+    monkeypatch.setenv("TRAIL_CACHE_DIR", str(tmp_path / "here"))
     assert default_cache_dir() == tmp_path / "here"
-    monkeypatch.delenv("TRAIL_CACHE")
+    monkeypatch.delenv("TRAIL_CACHE_DIR")
     assert default_cache_dir() == Path.home() / ".cache" / "trail"
 
 

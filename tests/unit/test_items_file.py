@@ -303,7 +303,7 @@ def test_ml_100k_metadata_as_a_csv_replays_like_the_builtin_loader(
     assert list(catalog.items) == list(ml_100k.items)
 
     builtin_predictions, builtin = _replay("ml-100k", tmp_path / "builtin")
-    monkeypatch.setenv("TRAIL_CACHE", str(tmp_path / "cache"))  # the parsed-CSV cache
+    monkeypatch.setenv("TRAIL_CACHE_DIR", str(tmp_path / "cache"))  # the parsed-CSV cache
     predictions, updates = _replay(events, tmp_path / "csv", "--items", str(items))
     bare_predictions, bare = _replay(events, tmp_path / "bare")
 
