@@ -22,10 +22,9 @@ import numpy.typing as npt
 from model.cascade import RankingStage, blended
 from model.explain import complete_sentences
 from model.priors import prior_scores
-from streams.engine import rank_positions
 from streams.scoring import Scorer
 from streams.settings import Settings
-from streams.trend.catalog import tie_ranks
+from streams.trend.catalog import rank_positions, tie_ranks
 from streams.trend.features import FeatureFrame
 from streams.trend.state import WindowOutcome
 

@@ -25,15 +25,12 @@ from schemas import (
     WindowSnapshotRow,
 )
 from streams.scoring import Scorer
+from streams.trend.catalog import rank_positions
 from streams.trend.features import FeatureFrame
 from streams.trend.state import ClosedWindow, TrendConfig, TrendState, WindowOutcome
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
-
-#: Scores are compared after rounding to this many decimals, so values that are equal in exact
-#: arithmetic tie (and fall back to the id order) whatever floating-point path produced them.
-SCORE_DECIMALS = 9
 
 
 @dataclass(frozen=True)
@@ -311,14 +308,3 @@ class Engine:
             top_n=self.config.top_n,
             _rank_of=rank_of,
         )
-
-
-def rank_positions(scores: FloatArray, tie_order: IndexArray) -> IndexArray:
-    """Positions sorted by score descending, ties by ``tie_order`` ascending.
-
-    >>> rank_positions(np.array([1.0, 3.0, 3.0, 2.0]), np.array([0, 2, 1, 3])).tolist()
-    [2, 1, 3, 0]
-    """
-    keys = np.round(scores, SCORE_DECIMALS)
-    order: IndexArray = np.lexsort((tie_order, -keys)).astype(np.int64)
-    return order

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -10,16 +9,16 @@ import numpy.typing as npt
 import pandas as pd
 
 from streams.eventlog import EventLog
+from streams.trend.catalog import id_order
 
 IntArray = npt.NDArray[np.int64]
-_INTEGER_ID = re.compile(r"^[+-]?\d+$")
 
 
 def tie_order(item_ids: Sequence[str]) -> list[str]:
-    """Item ids sorted as rankings break ties: numerically when every id is an integer."""
-    if item_ids and all(_INTEGER_ID.match(item) for item in item_ids):
-        return sorted(item_ids, key=lambda item: (int(item), item))
-    return sorted(item_ids)
+    """Item ids sorted as rankings break ties (:func:`streams.trend.catalog.id_order`):
+    numerically when every id is an integer, else as strings."""
+    ids = list(item_ids)
+    return [ids[i] for i in id_order(ids).tolist()]
 
 
 def user_histories(

@@ -1,4 +1,4 @@
-"""Item ids and their dense indices, metadata, and the deterministic tie order of rankings."""
+"""Item ids and their dense indices, metadata, and the deterministic order of rankings."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ import pandas as pd
 from schemas import ItemMeta
 
 IndexArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+#: Scores are compared after rounding to this many decimals, so values that are equal in exact
+#: arithmetic tie (and fall back to the id order) whatever floating-point path produced them.
+SCORE_DECIMALS = 9
 
 
 class ItemCatalog:
@@ -89,14 +94,21 @@ def id_order(ids: Sequence[str], integers: Sequence[int] | None = None) -> Index
 
     >>> id_order(["10", "9", "11"]).tolist(), id_order(["b", "a", "10"]).tolist()
     ([1, 0, 2], [2, 1, 0])
+    >>> id_order(["100000000000000000000", "9"]).tolist()  # beyond int64: still numeric
+    [1, 0]
     """
     if integers is None:
         try:
             integers = [int(i) for i in ids]
         except ValueError:
             integers = None
+    keys: npt.NDArray[Any]
     if integers is not None:
-        keys: npt.NDArray[Any] = np.asarray(integers, dtype=np.int64)
+        try:
+            keys = np.asarray(integers, dtype=np.int64)
+        except OverflowError:
+            # An id beyond 64 bits is still an integer: compare them as Python ints.
+            keys = np.asarray(integers, dtype=object)
     else:
         keys = np.asarray(list(ids), dtype=object)
     order: IndexArray = np.argsort(keys, kind="stable").astype(np.int64)
@@ -113,3 +125,17 @@ def tie_ranks(ids: Sequence[str]) -> IndexArray:
     ranks = np.empty(order.shape[0], dtype=np.int64)
     ranks[order] = np.arange(order.shape[0])
     return ranks
+
+
+def rank_positions(scores: FloatArray, tie_order: IndexArray) -> IndexArray:
+    """Positions sorted by score (rounded to :data:`SCORE_DECIMALS`) descending, ties by
+    ``tie_order`` ascending (from :meth:`ItemCatalog.tie_order` or :func:`tie_ranks`).
+
+    >>> rank_positions(np.array([1.0, 3.0, 3.0, 2.0]), np.array([0, 2, 1, 3])).tolist()
+    [2, 1, 3, 0]
+    >>> rank_positions(np.array([0.3, 0.1 + 0.2]), np.array([1, 0])).tolist()  # a tie
+    [1, 0]
+    """
+    keys = np.round(scores, SCORE_DECIMALS)
+    order: IndexArray = np.lexsort((tie_order, -keys)).astype(np.int64)
+    return order
