@@ -21,6 +21,7 @@ import numpy.typing as npt
 import orjson
 from scipy import stats
 
+from model.baselines import BASELINES, CLASSIC_BASELINES
 from model.metrics import Target, bootstrap_interval, build_targets, score_pairs
 from streams.engine import Engine, EngineConfig, WindowResult
 from streams.eventlog import EventLog
@@ -33,10 +34,9 @@ FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
 
 KS = (5, 10, 20)
+#: Windows judged when no ``--test-windows`` is given: the protocol's last 8 complete ones.
+DEFAULT_TEST_WINDOWS = 8
 
-
-#: The classic baselines of the protocol: the rules a learned ranking must beat.
-CLASSIC_BASELINES = ("mostpop", "last-window", "ewma-1", "ewma-2", "ewma-4", "linear-trend")
 #: How many of each window's best items the forecast errors are measured on (what is printed).
 FORECAST_TOP = 10
 
@@ -246,7 +246,7 @@ def evaluate_scorer(
     targets: Sequence[Target],
     *,
     predictions_out: Path | None = None,
-    depth: int = 100,
+    depth: int = EngineConfig.ranking_depth,
     progress: bool = True,
 ) -> ScorerReport:
     """Replay ``log`` with ``scorer`` and score its rankings against ``targets``."""
@@ -458,9 +458,9 @@ def evaluate(
     scorers: Sequence[tuple[str, Callable[[], Scorer]]],
     config: EngineConfig,
     *,
-    test_windows: int | None = 8,
+    test_windows: int | None = DEFAULT_TEST_WINDOWS,
     predictions_dir: Path | None = None,
-    depth: int = 100,
+    depth: int = EngineConfig.ranking_depth,
     progress: bool = True,
 ) -> EvaluationReport:
     """Evaluate each named scorer on ``log`` over the same windows and targets."""
@@ -506,7 +506,7 @@ def plot_hr10_intervals(
         lo, hi = metrics.get("HR@10_ci", [math.nan, math.nan])
         value = metrics["HR@10"]
         colour = "tab:red" if name == best_baseline else (
-            "tab:blue" if name in (*CLASSIC_BASELINES, "decay-tuned", "river") else "tab:green"
+            "tab:blue" if name in BASELINES else "tab:green"
         )
         axes.errorbar(
             value, y, xerr=[[value - lo], [hi - value]], fmt="o", color=colour, capsize=3

@@ -10,8 +10,10 @@ import math
 import sys
 from pathlib import Path
 
+from model.baselines import CLASSIC_BASELINES
+
 DATASETS = [("ml-100k", "7d"), ("ml-1m", "7d"), ("amazon-beauty", "30d")]
-CLASSIC = ["mostpop", "last-window", "ewma-1", "ewma-2", "ewma-4", "linear-trend"]
+CLASSIC = list(CLASSIC_BASELINES)
 #: The HR@10 ratio over the best classic baseline that TRAIL must reach, per dataset.
 TARGETS = {"ml-100k": 1.10, "ml-1m": 1.00, "amazon-beauty": 1.30}
 ABLATIONS = [

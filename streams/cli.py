@@ -39,14 +39,27 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _default(name: str) -> Any:
+    """The default of setting ``name``, as help texts show it (written once, in Settings)."""
+    return Settings.model_fields[name].default
+
+
 def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "events",
         help="a user_id,item_id,timestamp CSV (.csv/.csv.gz), Parquet, recbole .inter file, "
         "or a dataset name: ml-100k, ml-1m, amazon-beauty",
     )
-    parser.add_argument("--window", default=None, help="window length, e.g. 7d (default 7d)")
-    parser.add_argument("--grace", default=None, help="grace period for late events (0s)")
+    parser.add_argument(
+        "--window",
+        default=None,
+        help=f"window length, e.g. 1d (TRAIL_WINDOW; default {_default('window')})",
+    )
+    parser.add_argument(
+        "--grace",
+        default=None,
+        help=f"grace period for late events (default {_default('grace')})",
+    )
     parser.add_argument(
         "--test-windows",
         type=int,
@@ -102,7 +115,11 @@ def _common_replay_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     _common_replay_arguments(parser)
     if command == "replay":
-        parser.add_argument("--scorer", default="river", help="scorer name (default river)")
+        parser.add_argument(
+            "--scorer",
+            default=None,
+            help=f"scorer name (TRAIL_SCORER; default {_default('scorer')})",
+        )
         parser.add_argument(
             "--predictions-out",
             type=Path,
@@ -122,7 +139,10 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             "--print-top", type=int, default=5, help="print each window's top N (0 = quiet)"
         )
         parser.add_argument(
-            "--explain-top", type=int, default=None, help="items explained per window (default 10)"
+            "--explain-top",
+            type=int,
+            default=None,
+            help=f"items explained per window (default {_default('explain_top')})",
         )
     else:
         parser.add_argument(
@@ -150,13 +170,15 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         )
 
 
-def run(command: str, args: argparse.Namespace) -> int:
-    from model.registry import BASELINE_NAMES, UnknownScorerError, scorer_factory
-    from streams.eventlog import DatasetError, load_events, load_items
-
-    settings = _settings(
-        window=args.window or "7d",
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings of ``trail replay`` / ``trail evaluate``: every flag left out keeps the
+    ``TRAIL_*`` variable or the default of :class:`Settings`, the one place defaults live."""
+    # evaluate's --scorer is a list of names to compare, not the one scorer setting.
+    scorer = args.scorer if isinstance(args.scorer, str) else None
+    return _settings(
+        window=args.window,
         grace=args.grace,
+        scorer=scorer,
         adapter=args.adapter,
         model_dir=args.model_dir,
         base_model=args.base_model,
@@ -166,10 +188,18 @@ def run(command: str, args: argparse.Namespace) -> int:
         time_unit=args.time_unit,
         time_horizon=args.time_horizon,
     )
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    from model.registry import BASELINE_NAMES, UnknownScorerError, scorer_factory
+    from streams.eventlog import DatasetError, load_events, load_items
+
+    settings = settings_from_args(args)
     try:
         log = load_events(
             args.events,
             progress=not args.no_progress,
+            cache_dir=settings.cache_dir,
             time_unit=settings.time_unit,
             time_horizon=settings.time_horizon,
         )
@@ -181,7 +211,7 @@ def run(command: str, args: argparse.Namespace) -> int:
     _report_bad_rows(log)
     if args.items:
         try:
-            catalog = load_items(args.items)
+            catalog = load_items(args.items, cache_dir=settings.cache_dir)
         except DatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -190,7 +220,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         log = catalog.apply_to(log)
     try:
         if command == "replay":
-            return _replay(args, settings, log, scorer_factory(args.scorer, settings))
+            return _replay(args, settings, log, scorer_factory(settings.scorer, settings))
         names = args.scorer or list(BASELINE_NAMES)
         factories = [(name, scorer_factory(name, settings)) for name in names]
     except UnknownScorerError as exc:
@@ -261,13 +291,13 @@ def _evaluate(
     log: EventLog,
     factories: list[tuple[str, Callable[[], Scorer]]],
 ) -> int:
-    from model.evaluation import evaluate
+    from model.evaluation import DEFAULT_TEST_WINDOWS, evaluate
 
     report = evaluate(
         log,
         factories,
         settings.engine_config(),
-        test_windows=8 if args.test_windows is None else args.test_windows,
+        test_windows=DEFAULT_TEST_WINDOWS if args.test_windows is None else args.test_windows,
         predictions_dir=args.predictions_dir,
         depth=settings.ranking_depth,
         progress=not args.no_progress,

@@ -1,7 +1,13 @@
 """All settings in one place: defaults, then ``TRAIL_*`` environment variables, then flags.
 
 A :class:`Settings` object is built once at the edge (CLI, worker start) and passed down
-explicitly; nothing below reads the environment itself.
+explicitly; nothing below reads the environment itself. The one exception is
+:mod:`streams.trend.folders`: ``model/`` and ``streams.eventlog`` sit below this module and
+cannot import it, so the cache folder's default is defined there, and ``cache_dir`` takes it
+from there too (``$TRAIL_CACHE_DIR``; the older ``$TRAIL_CACHE`` still read when it is unset).
+
+The defaults that the engine also has (the window, ``top_n``, ``explain_top``,
+``ranking_depth``) are read from where they are defined, not written again here.
 """
 
 from __future__ import annotations
@@ -13,12 +19,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.engine import EngineConfig
+from streams.trend.folders import default_cache_dir
 from streams.trend.state import TrendConfig
-from streams.trend.windows import WindowSpec, parse_duration
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "trail"
+from streams.trend.windows import DEFAULT_WINDOW, WindowSpec, parse_duration
 
 
 class Settings(BaseSettings):
@@ -31,11 +34,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAIL_", frozen=True, extra="forbid")
 
     # Windows and ranking
-    window: str = Field("1h", description="Tumbling window length, e.g. 1h, 7d, 30d")
+    window: str = Field(DEFAULT_WINDOW, description="Tumbling window length, e.g. 1h, 7d, 30d")
     grace: str = Field("0s", description="How long after a window's end late events still count")
-    top_n: int = Field(10, ge=1, le=1000, description="Items in each trending snapshot")
-    explain_top: int = Field(10, ge=0, le=1000, description="Items explained per window")
-    ranking_depth: int = Field(100, ge=1, description="Items kept in each recorded ranking")
+    top_n: int = Field(
+        EngineConfig.top_n, ge=1, le=1000, description="Items in each trending snapshot"
+    )
+    explain_top: int = Field(
+        EngineConfig.explain_top, ge=0, le=1000, description="Items explained per window"
+    )
+    ranking_depth: int = Field(
+        EngineConfig.ranking_depth, ge=1, description="Items kept in each recorded ranking"
+    )
     scorer: str = Field("river", description="Scorer name (see `trail replay --help`)")
     rescore_top: int = Field(50, ge=1, description="Items the cheap ranker passes to TRAIL (M)")
     model_dir: Path | None = Field(None, description="Exported ONNX model folder to serve")
@@ -52,7 +61,11 @@ class Settings(BaseSettings):
     explanation_guard: bool = Field(
         True, description="Replace LM explanations the checker does not fully verify"
     )
-    cache_dir: Path = Field(default_factory=default_cache_dir)
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Cache folder: datasets, parsed logs, the base model, ONNX exports "
+        "(TRAIL_CACHE_DIR; default ~/.cache/trail)",
+    )
     # Event logs (trail replay / evaluate)
     time_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
         "auto", description="Unit of plain-number timestamps in event logs (auto: from the median)"
@@ -142,6 +155,14 @@ class Settings(BaseSettings):
     def _duration(cls, value: str) -> str:
         parse_duration(value)
         return value
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _cache_dir(cls, value: object) -> object:
+        # As the lower layers read it: empty means unset, "~" is the home folder.
+        if value is None or value == "":
+            return default_cache_dir()
+        return Path(str(value)).expanduser() if isinstance(value, str | Path) else value
 
     @property
     def window_seconds(self) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.evaluation import KS, EvaluationReport, ScorerReport
+from model.evaluation import DEFAULT_TEST_WINDOWS, KS, EvaluationReport, ScorerReport
 from model.metrics import bootstrap_interval, build_targets, pair_metrics
 from model.sasrec.data import IntArray, left_pad, user_histories
 from model.sasrec.network import SasRec, SasRecConfig
@@ -22,7 +22,7 @@ from model.sasrec.training import torch_threads, train_sasrec
 from streams.eventlog import EventLog, load_events
 from streams.replay import EvaluationWindows, ReplaySummary
 from streams.trend.features import TREND_CATEGORIES
-from streams.trend.windows import parse_duration
+from streams.trend.windows import DEFAULT_WINDOW, parse_duration
 
 NAME = "sasrec"
 VERSION = "sasrec@1"
@@ -214,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m model.sasrec DATASET --window 7d``: train, evaluate and print the table."""
     parser = argparse.ArgumentParser(prog="python -m model.sasrec", description=main.__doc__)
     parser.add_argument("events", help="dataset name or event-log path")
-    parser.add_argument("--window", default="7d", help="window length, e.g. 7d or 30d")
-    parser.add_argument("--test-windows", type=int, default=8)
+    parser.add_argument(
+        "--window", default=DEFAULT_WINDOW, help=f"window length (default {DEFAULT_WINDOW})"
+    )
+    parser.add_argument("--test-windows", type=int, default=DEFAULT_TEST_WINDOWS)
     parser.add_argument("--epochs", type=int, default=SasRecConfig.epochs)
     parser.add_argument("--seed", type=int, default=SasRecConfig.seed)
     parser.add_argument("--threads", type=int, default=SasRecConfig.threads)

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+#: The window length when none is given (``Settings.window``, ``TRAIL_WINDOW``): a week, as
+#: in the README's replays and ``make demo``. Every command's default is this one (through
+#: ``Settings`` where the command has one).
+DEFAULT_WINDOW = "7d"
+
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 

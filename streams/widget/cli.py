@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from schemas import ItemMeta, ScoreUpdate, TrendingSnapshot
+from streams.trend.windows import DEFAULT_WINDOW
 from streams.widget.app import WidgetOptions, create_app
 from streams.widget.hub import (
     DEFAULT_CLIENT_QUEUE,
@@ -55,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no source at all (with --allow-publish, for tests and benchmarks)",
     )
     demo = parser.add_argument_group("demo")
-    demo.add_argument("--window", default="7d", help="demo window length (7d)")
+    demo.add_argument(
+        "--window", default=DEFAULT_WINDOW, help=f"demo window length ({DEFAULT_WINDOW})"
+    )
     demo.add_argument("--scorer", default="ewma-1", help="demo scorer (ewma-1)")
     demo.add_argument(
         "--interval", type=float, default=1.0, help="seconds between demo windows (1.0)"
