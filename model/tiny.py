@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from model.base import IM_END
 from model.explain import NEW_MAX_AGE, read_signals, verbalize
 from schemas.records import ItemFeatures
 
@@ -49,7 +50,7 @@ _TITLE_SECOND = (
 #: Special tokens shared with SmolLM2 (ChatML), so code written against one works with both.
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, "<|im_end|>")
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
 
 
 def _ew_mean(history: list[float], half_life: float) -> float:
@@ -238,7 +239,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from model.base import IM_END, SMOLLM2_CHAT_TEMPLATE
+    from model.base import SMOLLM2_CHAT_TEMPLATE
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

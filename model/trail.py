@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from export.runtime import ModelLoadError, check_files, file_entries
+from model.base import IM_END
 from model.explain import complete_sentences, forecast_sentence
 from model.priors import PRIORS, prior_log_count
 from model.prompts import PromptEncoder, chat_prompt, transformers_encoder
@@ -386,7 +387,7 @@ class TrailModel(nn.Module):
         Labels cover only ``answers`` and the closing ``<|im_end|>``: the prompt and the
         forced forecast are given, never learned.
         """
-        end_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         rows: list[list[int]] = []
         label_rows: list[list[int]] = []
         prompt_last: list[int] = []
@@ -498,7 +499,7 @@ class TrailModel(nn.Module):
         for i, ids in enumerate(rows):
             input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
             mask[i, width - len(ids) :] = 1
-        end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        end_id = tokenizer.convert_tokens_to_ids(IM_END)
         output = self.lm.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
