@@ -1,4 +1,4 @@
-"""The event-log package keeps what the single module did: where it looks, what it exports."""
+"""The event-log package keeps what the single module did: where it looks for shared data."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-import streams.datasets
-import streams.eventlog
 from streams.eventlog import DatasetError
 from streams.eventlog.named import dataset_file
 
@@ -18,8 +16,8 @@ def test_the_shared_data_folder_defaults_to_the_one_beside_the_repository(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Without TRAIL_SHARED_DATA, amazon-beauty is looked up in ``../shared/data`` beside the
-    checkout. Catches a path counted from the module's old place (streams/datasets.py): from
-    streams/eventlog/named.py the same ``parents[2]`` is the repository, not its parent."""
+    checkout. Catches a path counted from the wrong depth (the default is now computed in
+    streams/trend/folders.py, where ``parents[2]`` is the repository, not its parent)."""
     monkeypatch.delenv("TRAIL_SHARED_DATA", raising=False)
     expected = REPOSITORY.parent / "shared" / "data" / "amazon-beauty-5core" / "interactions.csv.gz"
     if expected.is_file():
@@ -28,9 +26,3 @@ def test_the_shared_data_folder_defaults_to_the_one_beside_the_repository(
         with pytest.raises(DatasetError, match=str(expected)):
             dataset_file("amazon-beauty", tmp_path, progress=False)
 
-
-def test_the_old_module_name_hands_out_the_same_objects() -> None:
-    """streams.datasets (still imported by the Kafka modules) is the package's API, not a copy
-    of it: an EventLog made by one is an EventLog of the other."""
-    assert streams.datasets.EventLog is streams.eventlog.EventLog
-    assert streams.datasets.load_events is streams.eventlog.load_events
