@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "widget": ("streams.widget.cli", "serve the live trending page and embeddable widget (SSE)"),
     "model": ("model.cli_model", "manage the base language model (fetch)"),
     "train": ("model.cli_train", "fine-tune a TRAIL adapter on window snapshots"),
-    "worker": ("streams.worker", "run the Kafka worker: events -> engine -> scores, trending"),
+    "worker": ("streams.kafka.cli", "run the Kafka worker: events -> engine -> scores, trending"),
     "produce": ("streams.kafka_cli", "replay an event log into the events topic (Kafka)"),
     "tail": ("streams.kafka_tail", "follow the scores, trending or dead-letter topic"),
     "export": ("export.cli", "merge, export to ONNX, validate, write a manifest"),

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     ssl_cafile: Path | None = None
     batch_size: int = Field(10_000, ge=1, description="Events per engine batch in the worker")
     metrics_port: int = Field(9308, ge=0, le=65535, description="Prometheus port (0 = off)")
-    # Kafka worker (streams/worker.py)
+    # Kafka worker (streams/kafka/)
     runtime: Literal["aiokafka", "faust"] = Field(
         "aiokafka",
         description="Group consumer of `trail worker`: aiokafka (fastest) or a Faust app",

@@ -39,9 +39,10 @@ from kafka_support import (
 
 from schemas import TrendingSnapshot, decode
 from streams.eventlog import EventLog
+from streams.kafka.faults import CRASH_AFTER_PUBLISH_ENV
+from streams.kafka.trending import merge_trending
 from streams.kafka_cli import produce_log
 from streams.settings import Settings
-from streams.worker import merge_trending
 
 pytestmark = pytest.mark.kafka
 
@@ -306,7 +307,9 @@ def test_crash_between_publish_and_checkpoint_repeats_with_the_same_keys(
         kafka_bootstrap, "crash", checkpoint_interval="3600s", batch_size=2000, runtime=runtime
     )
     produce(settings, slice_log)
-    first = WorkerProcess(settings, tmp_path, "first", "--crash-after-publish", "3")
+    # The test-only seam: die like kill -9 after the third round that published windows,
+    # once its outputs are acknowledged and before its checkpoint.
+    first = WorkerProcess(settings, tmp_path, "first", env={CRASH_AFTER_PUBLISH_ENV: "3"})
     try:
         assert first.wait(120) == 137, first.log_text()
     finally:

@@ -9,10 +9,10 @@ import numpy as np
 from model.baselines import LastWindow
 from schemas import TrendingItem, TrendingSnapshot
 from streams.engine import Engine, EngineConfig
+from streams.kafka.trending import merge_trending
 from streams.partitioning import partitions_of
 from streams.trend.state import TrendConfig
 from streams.trend.windows import WindowSpec
-from streams.worker import merge_trending
 
 W = 1000
 
@@ -61,7 +61,7 @@ def test_merge_breaks_score_ties_by_string_id() -> None:
     integer-like ids among titles compared as strings ("12 ..." before "2001 ...").
 
     Catches: a reversed (or case-folded, or partition-order) string key in the merge's tie
-    order (``streams.worker._id_sort_key``).
+    order (``streams.kafka.trending._id_sort_key``).
     """
     partials = [
         _snapshot([("toy story (1995)", 2.0), ("Émile", 1.0), ("Toy Story (1995)", 1.0)]),
