@@ -1,99 +1,32 @@
-"""The evaluation protocol, recomputed by brute force from the raw log.
+"""The evaluation protocol's brute-force check of the baselines, on real and on string ids.
 
-Everything here is written from the protocol's words (docs/architecture.md, "Evaluation
-protocol"), independently of the engine: the window grid, the baselines' scores, the
-eligible users and their next-window items, HR@10 and NDCG@10. The predictions files that
-``trail replay`` writes and the numbers that ``trail evaluate`` prints must agree with it.
+The brute force (:mod:`brute_force_protocol`) is written from the protocol's words,
+independently of the engine: the predictions files that ``trail replay`` writes must rank
+every baseline as its definition does, and the HR@10 / NDCG@10 that ``trail evaluate``
+prints must be its metrics of them.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
-import math
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+from brute_force_protocol import (
+    BASELINES,
+    WINDOW,
+    Row,
+    brute_force_metrics,
+    brute_force_scores,
+)
 
 from streams.cli import main as trail
 
-DAY = 86_400
-WINDOW = 30 * DAY
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-BEAUTY = SHARED / "amazon-beauty-5core" / "interactions.csv.gz"
-BASELINES = ["mostpop", "last-window", "ewma-1", "ewma-2", "ewma-4", "linear-trend"]
 
-
-@pytest.fixture(scope="module")
-def beauty_slice(
-    tmp_path_factory: pytest.TempPathFactory, skip_or_fail: Callable[[str], NoReturn]
-) -> tuple[Path, list[tuple]]:
-    """The last 14 months of amazon-beauty: a small real log (under CI it must be there)."""
-    if not BEAUTY.exists():
-        skip_or_fail(f"{BEAUTY} is not there")
-    with gzip.open(BEAUTY, "rt") as source:
-        rows = [(r["user_id"], r["item_id"], int(r["timestamp"])) for r in csv.DictReader(source)]
-    start = max(ts for _, _, ts in rows) - 420 * DAY
-    rows = [r for r in rows if r[2] >= start]
-    path = tmp_path_factory.mktemp("beauty") / "slice.csv"
-    with path.open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["user_id", "item_id", "timestamp"])
-        writer.writerows(rows)
-    return path, rows
-
-
-def brute_force_scores(rows: list[tuple], name: str, end: int) -> dict[str, float]:
-    """Each baseline's score of every item seen before ``end``, from its definition."""
-    t = end // WINDOW - 1
-    counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for _, item, ts in rows:
-        if ts < end:
-            counts[item][ts // WINDOW] += 1
-    scores = {}
-    for item, per_window in counts.items():
-        if name == "mostpop":
-            scores[item] = sum(per_window.values())
-        elif name == "last-window":
-            scores[item] = per_window.get(t, 0)
-        elif name.startswith("ewma-"):
-            h = float(name.split("-")[1])
-            scores[item] = sum(2 ** (-(t - w) / h) * c for w, c in per_window.items())
-        elif name == "linear-trend":
-            ys = [per_window.get(w, 0) for w in range(t - 3, t + 1)]
-            xs = [0, 1, 2, 3]
-            mean_x, mean_y = sum(xs) / 4, sum(ys) / 4
-            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
-                (x - mean_x) ** 2 for x in xs
-            )
-            scores[item] = max(0.0, ys[-1] + slope)
-    return scores
-
-
-def brute_force_metrics(rows: list[tuple], predictions: list[dict]) -> tuple[float, float]:
-    hits, gains, pairs = 0.0, 0.0, 0
-    for line in predictions:
-        end = line["window_end"]
-        top = line["ranking"][:10]
-        earlier_users = {u for u, _, ts in rows if ts < end}
-        touched: dict[str, set[str]] = defaultdict(set)
-        for user, item, ts in rows:
-            if end <= ts < end + WINDOW and user in earlier_users:
-                touched[user].add(item)
-        for items in touched.values():
-            pairs += 1
-            hits += any(i in items for i in top)
-            dcg = sum(1 / math.log2(p + 2) for p, i in enumerate(top) if i in items)
-            idcg = sum(1 / math.log2(p + 2) for p in range(min(10, len(items))))
-            gains += dcg / idcg
-    return hits / pairs, gains / pairs
-
-
-def test_replay_predictions_and_evaluate_agree_with_brute_force(beauty_slice, tmp_path) -> None:
+def test_replay_predictions_and_evaluate_agree_with_brute_force(
+    beauty_slice: tuple[Path, list[Row]], tmp_path: Path
+) -> None:
     path, rows = beauty_slice
     report_path = tmp_path / "report.json"
     assert (
@@ -178,7 +111,7 @@ TITLES = [
 ]
 
 
-def _title_log(path: Path) -> list[tuple]:
+def _title_log(path: Path) -> list[Row]:
     """Nine 30-day windows of small, often tied counts of every title by 40 users."""
     import numpy as np
 

@@ -1,4 +1,4 @@
-"""The online ranker's predictions file, scored by the brute-force protocol of test_protocol.
+"""The online ranker's predictions file, scored by the brute-force protocol.
 
 ``trail evaluate`` scores its own rankings; a predictions file written by ``trail replay``
 must give the same HR@10 / NDCG@10 under the independent implementation, and the ranker
@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# The slice fixture and the brute-force metrics are test_protocol's own: one definition each.
-from test_protocol import BASELINES, WINDOW, brute_force_metrics
-from test_protocol import beauty_slice as beauty_slice  # noqa: F401 (a fixture)
+# The brute-force metrics are the shared ones (beauty_slice is conftest's): one definition.
+from brute_force_protocol import BASELINES, WINDOW, Row, brute_force_metrics
 
 from streams.cli import main as trail
 
 
 def test_ranker_predictions_score_the_same_under_the_brute_force_protocol(
-    beauty_slice: tuple[Path, list[tuple]], tmp_path: Path  # noqa: F811
+    beauty_slice: tuple[Path, list[Row]], tmp_path: Path
 ) -> None:
     path, rows = beauty_slice
     report_path = tmp_path / "report.json"
