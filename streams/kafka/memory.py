@@ -342,10 +342,10 @@ class MemoryReader:
         return TopicPartition(tp.topic, tp.partition)
 
     def _owned(self, tp: Any) -> TopicPartition:
-        tp = self._tp(tp)
-        if tp not in self._positions:
-            raise ValueError(f"{tp.topic}/{tp.partition} is not assigned")
-        return tp
+        mine = self._tp(tp)
+        if mine not in self._positions:
+            raise ValueError(f"{mine.topic}/{mine.partition} is not assigned")
+        return mine
 
     def assign(self, partitions: Sequence[TopicPartition]) -> None:
         self._positions = {self._tp(tp): 0 for tp in partitions}

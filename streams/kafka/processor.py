@@ -177,12 +177,12 @@ class PartitionProcessor:
         restore (its learning restarts here)."""
         config = context.checkpoints.config
         if checkpoint is None:
-            engine = Engine(config, scorer)  # type: ignore[arg-type]
+            engine = Engine(config, scorer)
             if context.checkpoints.file_items:
                 engine.add_metadata(context.checkpoints.file_items.values())
             return cls(context, partition, engine, scorer, -1, Counters()), False
         restored = decode_checkpoint(context.checkpoints, partition, checkpoint, scorer.inner)
-        engine = Engine(config, scorer, state=restored.state)  # type: ignore[arg-type]
+        engine = Engine(config, scorer, state=restored.state)
         engine.load_pending_state_dict(restored.pending)
         counters = Counters(**restored.counters)
         processor = cls(context, partition, engine, scorer, checkpoint.offset, counters)
