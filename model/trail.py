@@ -426,11 +426,18 @@ class TrailModel(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Residual scores ``(B,)`` and, with labels, the mean token NLL of each answer."""
         device = self.device
+        # The vocabulary projection is a fifth of the model's FLOPs per token: compute logits
+        # only at the positions that predict an answer token (none when only scoring).
+        if batch.labels is None:
+            keep: int | torch.Tensor = 1
+        else:
+            keep = torch.nonzero((batch.labels[:, 1:] != -100).any(dim=0)).flatten()
         output = self.lm(
             input_ids=batch.input_ids.to(device),
             attention_mask=batch.attention_mask.to(device),
             output_hidden_states=True,
             use_cache=False,
+            logits_to_keep=keep.to(device) if isinstance(keep, torch.Tensor) else keep,
         )
         hidden = output.hidden_states[-1]
         rows = torch.arange(hidden.shape[0], device=device)
@@ -440,8 +447,8 @@ class TrailModel(nn.Module):
         residual: torch.Tensor = self.head(last)
         if batch.labels is None:
             return residual, None
-        logits = output.logits[:, :-1].float()
-        targets = batch.labels[:, 1:].to(device)
+        logits = output.logits.float()
+        targets = batch.labels[:, 1:][:, keep].to(device)
         nll = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
