@@ -82,17 +82,6 @@ class GroupRuntime(Protocol):
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
 
-def make_runtime(name: str, clients: KafkaClients) -> GroupRuntime:
-    """The runtime of a ``--runtime`` name."""
-    if name == "aiokafka":
-        return ConsumerRuntime(clients)
-    if name == "faust":
-        from streams.kafka.faust_runtime import FaustRuntime
-
-        return FaustRuntime()
-    raise ValueError(f"unknown runtime {name!r}: use aiokafka or faust")
-
-
 class _Listener:
     def __init__(self, member: GroupMember) -> None:
         self._member = member

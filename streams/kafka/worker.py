@@ -50,7 +50,7 @@ from streams.kafka.processor import (
     PartitionProcessor,
     TimedScorer,
 )
-from streams.kafka.runtimes import GroupRuntime, make_runtime
+from streams.kafka.runtimes import ConsumerRuntime, GroupRuntime
 from streams.kafka.sender import BatchSender
 from streams.kafka.state import Checkpoint, CheckpointContext, StateStore, changelog_topic
 from streams.kafka.trending import (
@@ -68,6 +68,17 @@ if TYPE_CHECKING:
     from streams.metrics import WorkerMetrics
 
 log = logging.getLogger("trail.worker")
+
+
+def make_runtime(name: str, clients: KafkaClients) -> GroupRuntime:
+    """The consumer group of a ``--runtime`` name (Faust imported only when it is asked for)."""
+    if name == "aiokafka":
+        return ConsumerRuntime(clients)
+    if name == "faust":
+        from streams.kafka.faust_runtime import FaustRuntime
+
+        return FaustRuntime()
+    raise ValueError(f"unknown runtime {name!r}: use aiokafka or faust")
 
 
 class Worker:
