@@ -10,6 +10,7 @@ module, in the order a record meets them:
 ``aiokafka_clients`` ... aiokafka's, on a broker
 ``memory``           ... in memory, for unit tests without a broker
 ``worker``           the round, assignment and revocation, the items topic, shutdown
+``topics``           the app's topics, created when missing, their partitions checked
 ``items``            item metadata: the catalog file, the items topic, its checkpoint section
 ``processor``        one events partition: decode, engine, outputs, dead letters
 ``trending``         the partitions' partial top-N lists merged into the global one

@@ -43,7 +43,6 @@ from streams.kafka.clients import (
 )
 from streams.kafka.durability import Capture, DurabilityPipeline, Step, stamp_acked
 from streams.kafka.items import catalog_fingerprint, catch_up_items, poll_items
-from streams.kafka.options import TopicSpec, items_topic_spec
 from streams.kafka.processor import (
     ClosedWindowNote,
     PartitionContext,
@@ -53,6 +52,7 @@ from streams.kafka.processor import (
 from streams.kafka.runtimes import ConsumerRuntime, GroupRuntime
 from streams.kafka.sender import BatchSender
 from streams.kafka.state import Checkpoint, CheckpointContext, StateStore, changelog_topic
+from streams.kafka.topics import ensure_worker_topics
 from streams.kafka.trending import (
     GLOBAL_KEY,
     TrendingMerger,
@@ -186,38 +186,10 @@ class Worker:
         """Create the topics and start the producer and the group-less readers."""
         settings, clients = self.settings, self.clients
         await clients.verify(settings)  # refused credentials: one clear error, no retries
-        specs = [
-            TopicSpec(settings.events_topic, settings.partitions),
-            TopicSpec(settings.scores_topic, settings.partitions),
-            TopicSpec(settings.trending_topic, 1),
-            TopicSpec(settings.dlq_topic, settings.partitions),
-            TopicSpec(self.partials_topic, 1, {"retention.ms": str(7 * 86400 * 1000)}),
-        ]
-        self.topic_partitions = await clients.ensure_topics(settings, specs)
-        self.events_partitions = self.topic_partitions[settings.events_topic]
-        changelog = TopicSpec(
-            self.store.topic,
-            self.events_partitions,
-            {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        self.topic_partitions = await ensure_worker_topics(
+            clients, settings, changelog=self.store.topic, partials=self.partials_topic
         )
-        self.topic_partitions.update(await clients.ensure_topics(settings, [changelog]))
-        if self.topic_partitions[self.store.topic] != self.events_partitions:
-            raise RuntimeError(
-                f"{self.store.topic} has {self.topic_partitions[self.store.topic]} partitions but "
-                f"{settings.events_topic} has {self.events_partitions}: they must match"
-            )
-        if self.topic_partitions[self.partials_topic] != 1:
-            raise RuntimeError(f"{self.partials_topic} must have exactly one partition")
-        if settings.items_topic:
-            spec = items_topic_spec(settings.items_topic, self.events_partitions)
-            self.topic_partitions.update(await clients.ensure_topics(settings, [spec]))
-            if self.topic_partitions[settings.items_topic] != self.events_partitions:
-                raise RuntimeError(
-                    f"{settings.items_topic} has {self.topic_partitions[settings.items_topic]} "
-                    f"partitions but {settings.events_topic} has {self.events_partitions}: they "
-                    "must match (partition p of the items topic holds the metadata of the items "
-                    "of events partition p)"
-                )
+        self.events_partitions = self.topic_partitions[settings.events_topic]
         self._producer = await clients.start_producer(settings, f"trail-{self.worker_id}")
         self.sender = BatchSender(self._producer)
         self.pipeline = DurabilityPipeline(
