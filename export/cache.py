@@ -24,14 +24,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from export.runtime import (
-    CPU,
-    MANIFEST_FILE,
-    MANIFEST_FORMAT,
-    ModelLoadError,
-    OrtTrailScorer,
-    int8_status,
-)
+from export.manifest import MANIFEST_FILE, MANIFEST_FORMAT, int8_status
+from export.runtime import OrtTrailScorer
+from export.sessions import CPU
+from model.files import ModelLoadError
 from model.scorer import adapter_version
 from streams.scoring import Scorer
 from streams.settings import Settings
@@ -174,7 +170,7 @@ def add_int8(folder: Path, log: Log = _stderr) -> dict[str, Any]:
     Until the verdict the manifest says ``validating`` (a crash leaves it so, and it is
     redone next time); the fp32 graphs serve throughout.
     """
-    from export.onnx_export import write_manifest
+    from export.manifest import write_manifest
     from export.quantize import quantize_export
 
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
@@ -226,7 +222,7 @@ def wants_int8(precision: str) -> bool:
     """Whether serving at ``precision`` here needs the int8 graphs: asked for, or ``auto`` on
     a CPU-only host where int8 is the default once it held (:data:`export.INT8_DEFAULT_ON_CPU`)."""
     from export import INT8_DEFAULT_ON_CPU
-    from export.runtime import default_providers
+    from export.sessions import default_providers
 
     if precision in ("int8", "int8-scorer"):
         return True

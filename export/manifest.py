@@ -6,18 +6,18 @@ the layout version, every file with its size and sha256, the versions of the lib
 made it, the adapter and its config, and the validation against PyTorch (and, for int8
 graphs, against fp32). :func:`write_manifest` writes it atomically with the hashes of every
 file; :func:`read_manifest` refuses a folder that is not a servable export, with a message
-that says what to do. The adapter folders of :mod:`model.trail` are checked with the same
-:func:`check_files`.
+that says what to do. The file list, its check and :class:`~model.files.ModelLoadError` come
+from :mod:`model.files`, which the adapter folders of :mod:`model.trail` share.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from model.files import ModelLoadError, check_files, file_entries
 
 #: Layout version of the exports written now. ``@2``: the scorer is the generator's body with
 #: the score head (it takes a KV cache), ``prompt.json`` holds the template's pieces, and
@@ -35,61 +35,6 @@ INT8_SCORER_FILE = "scorer.int8.onnx"
 INT8_GENERATOR_FILE = f"{GENERATOR_DIR}/model.int8.onnx"
 #: Files an export cannot serve without (beyond what the manifest lists).
 REQUIRED_FILES = (SCORER_FILE, GENERATOR_FILE, f"{TOKENIZER_DIR}/tokenizer_config.json")
-
-
-class ModelLoadError(ValueError):
-    """An export or adapter folder that cannot be served: missing, corrupt, mismatched or failed.
-
-    A ``ValueError`` so that the ``trail`` command line reports it as a clear error.
-    """
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_entries(folder: Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{name: {"sha256", "bytes"}}`` of each of ``names`` in ``folder``: a manifest's files."""
-    return {
-        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-        for name in names
-    }
-
-
-def check_files(
-    folder: Path, files: Any, required: Sequence[str], *, verify: bool = True, fix: str = ""
-) -> None:
-    """Check a manifest's ``files`` against ``folder``; raises :class:`ModelLoadError`.
-
-    Every listed file must be there, inside ``folder``, with its size and (with ``verify``) its
-    sha256; ``required`` names must be listed. ``fix`` ends every message: what to do.
-    """
-    tail = f": {fix}" if fix else ""
-    if not isinstance(files, dict):
-        raise ModelLoadError(f"{folder}: the manifest lists no files{tail}")
-    missing = [name for name in required if name not in files]
-    if missing:
-        raise ModelLoadError(f"{folder}: the manifest does not list {', '.join(missing)}{tail}")
-    root = folder.resolve()
-    for name, entry in sorted(files.items()):
-        file = folder / str(name)
-        if not file.resolve().is_relative_to(root) or not isinstance(entry, dict):
-            raise ModelLoadError(f"{folder}: the manifest's entry for {name!r} is invalid{tail}")
-        if not file.is_file():
-            raise ModelLoadError(f"{folder}: {name} is missing{tail}")
-        if file.stat().st_size != entry.get("bytes"):
-            raise ModelLoadError(
-                f"{folder}: {name} has {file.stat().st_size} bytes, the manifest says "
-                f"{entry.get('bytes')} (truncated or replaced){tail}"
-            )
-        if verify and sha256_file(file) != entry.get("sha256"):
-            raise ModelLoadError(
-                f"{folder}: {name} does not match its sha256 in the manifest{tail}"
-            )
 
 
 def export_files(model_dir: Path) -> list[str]:

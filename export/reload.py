@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from export.manifest import MANIFEST_FILE, ModelLoadError, read_manifest, sha256_file
+from export.manifest import MANIFEST_FILE, read_manifest
 from export.runtime import SCORE_BATCH, OrtTrailScorer
+from model.files import ModelLoadError, sha256_file
 from streams.trend.features import FeatureFrame
 from streams.trend.state import WindowOutcome
 

@@ -45,19 +45,13 @@ from export.manifest import (
     PROMPT_FILE,
     SCORER_FILE,
     TOKENIZER_DIR,
-    ModelLoadError,
-    check_files,
     int8_status,
     read_manifest,
-    sha256_file,
 )
-
-# model/trail.py imports ModelLoadError, check_files and file_entries from this module; the
-# re-export can go once it imports them from export.manifest.
-from export.manifest import file_entries as file_entries
 from export.sessions import CPU, GeneratorGraph, ScorerGraph, default_providers, left_padded
 from export.tokenizer import ExportTokenizer, TransformersTokenizer
 from model.explain import complete_sentences, forecast_sentence
+from model.files import ModelLoadError, check_files, sha256_file
 from model.priors import prior_log_count
 from model.prompts import ChatPieces, PromptEncoder, build_prompt, chat_pieces, chat_prompt
 from model.scorer import CascadeScorer

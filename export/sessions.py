@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from export.manifest import ModelLoadError
+from model.files import ModelLoadError
 
 IntArray = npt.NDArray[np.int64]
 

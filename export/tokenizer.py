@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.manifest import ModelLoadError
+from model.files import ModelLoadError
 
 
 def clean_up_tokenization(text: str) -> str:

@@ -36,9 +36,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from export.runtime import ModelLoadError, check_files, file_entries
 from model.base import IM_END
 from model.explain import complete_sentences, forecast_sentence
+from model.files import ModelLoadError, check_files, file_entries
 from model.priors import PRIORS, prior_log_count
 from model.prompts import PromptEncoder, chat_prompt, transformers_encoder
 from schemas import ItemFeatures
