@@ -36,6 +36,27 @@ FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
 
 STATE_VERSION = 2
+
+
+def floor_divide(values: FloatArray, length: int) -> FloatArray:
+    """``np.floor_divide(values, length)``, the same values, about three times faster.
+
+    The floor of the rounded quotient is checked against the exact products (whole numbers
+    below 2**53 times an integer length are exact); only where it fails, or for non-finite
+    values, does numpy's floor division (an fmod per value) run.
+
+    >>> floor_divide(np.array([0.0, 9.999999999999, 10.0, 25.0, -1.0, np.nan]), 10).tolist()
+    [0.0, 0.0, 1.0, 2.0, -1.0, nan]
+    """
+    quotient = np.floor(values / length)
+    exact = (quotient * length <= values) & (values < (quotient + 1.0) * length)
+    exact &= np.abs(quotient) < 2.0**52
+    if not exact.all():
+        wrong = np.flatnonzero(~exact)
+        quotient[wrong] = np.floor_divide(values[wrong], length)
+    result: FloatArray = quotient
+    return result
+
 REQUIRED_HALF_LIVES = (1.0, 2.0, 4.0, 8.0)
 
 
@@ -217,12 +238,12 @@ class TrendState:
         )
         self._reserve(len(self.catalog))
         spec = self.config.window
-        windows = spec.indices_of(timestamps)
+        windows = floor_divide(timestamps, spec.length).astype(np.int64)
         if self.closed_through is None:
             self.closed_through = int(windows[0]) - 1
         watermark = np.maximum.accumulate(np.maximum(timestamps, self.max_ts))
         closed_level = np.maximum(
-            (np.floor_divide(watermark - spec.grace, spec.length) - 1).astype(np.int64),
+            (floor_divide(watermark - spec.grace, spec.length) - 1).astype(np.int64),
             self.closed_through,
         )
         boundaries = np.flatnonzero(np.diff(closed_level)) + 1
@@ -233,15 +254,26 @@ class TrendState:
             self._close_through(level, closed, on_close)
             segment_windows = windows[start:end]
             segment_late = segment_windows <= level
-            late[start:end] = segment_late
-            keep = ~segment_late
-            self._apply(
-                codes[start:end][keep],
-                segment_windows[keep],
-                timestamps[start:end][keep],
-                weights[start:end][keep],
-                hashes[start:end][keep],
-            )
+            if segment_late.any():
+                late[start:end] = segment_late
+                keep = ~segment_late
+                self._apply(
+                    codes[start:end][keep],
+                    segment_windows[keep],
+                    timestamps[start:end][keep],
+                    weights[start:end][keep],
+                    hashes[start:end][keep],
+                )
+            else:
+                # Copies, as the masks above make: open windows must not share the caller's
+                # arrays, which it may reuse.
+                self._apply(
+                    codes[start:end].copy(),
+                    segment_windows,
+                    timestamps[start:end].copy(),
+                    weights[start:end].copy(),
+                    hashes[start:end].copy(),
+                )
         self.max_ts = float(watermark[-1])
         self.late_events += int(late.sum())
         return IngestResult(closed, late)
@@ -256,13 +288,22 @@ class TrendState:
     ) -> None:
         if codes.shape[0] == 0:
             return
-        distinct = np.unique(windows)
-        for window in distinct.tolist():
-            if distinct.size == 1:
-                chunk = WindowEvents(codes, times, weights, users)
-            else:
-                mask = windows == window
-                chunk = WindowEvents(codes[mask], times[mask], weights[mask], users[mask])
+        first, last = int(windows.min()), int(windows.max())
+        if first == last:
+            self._open.setdefault(first, []).append(WindowEvents(codes, times, weights, users))
+            return
+        if bool((windows[1:] >= windows[:-1]).all()):
+            # Events in time order (a replay): each window's events are one slice, no sort.
+            changes = (np.flatnonzero(np.diff(windows)) + 1).tolist()
+            for start, stop in zip([0, *changes], [*changes, len(windows)], strict=True):
+                chunk = WindowEvents(
+                    codes[start:stop], times[start:stop], weights[start:stop], users[start:stop]
+                )
+                self._open.setdefault(int(windows[start]), []).append(chunk)
+            return
+        for window in np.unique(windows).tolist():
+            mask = windows == window
+            chunk = WindowEvents(codes[mask], times[mask], weights[mask], users[mask])
             self._open.setdefault(window, []).append(chunk)
 
     def advance_to(
@@ -307,14 +348,16 @@ class TrendState:
     def _close(self, window: int) -> ClosedWindow:
         events = WindowEvents.concat(self._open.pop(window, []))
         size = self._first_window.shape[0]
+        unit = events.unit_weights()
+        # Unit weights: integer counts are the exact sums of ones, found faster.
         counts: FloatArray = np.bincount(
-            events.codes, weights=events.weights, minlength=size
+            events.codes, weights=None if unit else events.weights, minlength=size
         ).astype(np.float64)
         changed: IndexArray = np.flatnonzero(counts > 0).astype(np.int64)
         changed_counts = counts[changed]
         if len(events):
             self._last_busy = window
-        total_events = float(events.weights.sum())
+        total_events = float(len(events)) if unit else float(events.weights.sum())
         self._means.update(changed, window, changed_counts)
         self._recent.update(changed, window, changed_counts)
         unseen = changed[self._first_window[changed] < 0]
@@ -440,9 +483,9 @@ class TrendState:
             window_end=spec.end_of(window),
             window_seconds=spec.length,
             rows=rows,
-            item_ids=self.catalog.id_array()[rows],
+            item_ids=self.catalog.id_array().take(rows),
             count=count,
-            total=self._total[rows].copy(),
+            total=self._total.take(rows),
             recent=recent,
             half_lives=self.config.half_lives,
             ew=ew,

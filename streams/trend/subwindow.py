@@ -31,7 +31,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from streams.trend.packing import pack_array, unpack_array
-from streams.trend.stats import DecayingMeans, GapFactors, RecentCounts, gather, grown
+from streams.trend.stats import (
+    MAX_TABLE_GAP,
+    DecayingMeans,
+    GapFactors,
+    RecentCounts,
+    gather,
+    grown,
+)
 from streams.trend.users import (
     HashArray,
     SeenUsers,
@@ -48,6 +55,10 @@ DECAY_FRACTIONS = (1 / 32, 1 / 8, 1 / 4, 1 / 2, 1.0)
 RETURNING_DECAY_FRACTIONS = (1 / 8, 1 / 4)
 #: The user hash that marks an event without a user id (no user signal from it).
 UNKNOWN_USER = np.uint64(0)
+#: A :class:`ContinuousDecay` row folded at a time that is no whole number of units.
+NOT_WHOLE = np.int64(-(2**61))
+#: Whole numbers of units up to this size are exact in float64 and far from NOT_WHOLE.
+_EXACT = 2.0**52
 
 
 class ContinuousDecay:
@@ -65,8 +76,12 @@ class ContinuousDecay:
 
     def __init__(self, half_lives: tuple[float, ...], unit: float = 1.0) -> None:
         self.half_lives = np.asarray(half_lives, dtype=np.float64)
+        self.unit = float(unit)
         self._values = np.zeros((0, len(half_lives)))
         self._at = np.zeros(0)
+        # Each row's fold time in whole units (NOT_WHOLE where it is not one): the gap of a
+        # read at a whole unit is then an integer subtraction and a table lookup.
+        self._units = np.zeros(0, dtype=np.int64)
         self._factors = GapFactors(lambda gaps: np.exp2(-gaps[:, None] / self.half_lives), unit)
 
     def _reserve(self, rows: IndexArray) -> None:
@@ -74,16 +89,27 @@ class ContinuousDecay:
             size = int(rows.max()) + 1
             self._values = grown(self._values, size, 0.0)
             self._at = grown(self._at, size, 0.0)
+            self._units = grown(self._units, size, 0)
 
-    def contributions(self, codes: IndexArray, times: FloatArray, weights: FloatArray,
+    def _whole_units(self, at: float) -> int | None:
+        """``at`` in units when it is a whole number of them, exactly, else None."""
+        units = at / self.unit
+        if abs(units) <= _EXACT and units == int(units) and int(units) * self.unit == at:
+            return int(units)
+        return None
+
+    def contributions(self, codes: IndexArray, times: FloatArray, weights: FloatArray | None,
                       at: float, rows: IndexArray) -> FloatArray:
         """The events of each of ``rows`` decayed to time ``at``: ``len(rows) x len(half_lives)``.
 
-        ``rows`` must hold every code of ``codes``.
+        ``rows`` must hold every code of ``codes``; ``weights`` None means every weight is 1
+        (multiplying by 1.0 changes no bit, so it is skipped).
         """
         # One row of factors per half-life, events along the row: the long axis innermost
         # (numpy loops over a short inner axis slowly) and each bincount reads a contiguous row.
-        factors = np.exp2(-(at - times)[None, :] / self.half_lives[:, None]) * weights[None, :]
+        factors = np.exp2(-(at - times)[None, :] / self.half_lives[:, None])
+        if weights is not None:
+            factors *= weights[None, :]
         size = int(rows.max()) + 1 if rows.size else 0
         result = np.empty((rows.shape[0], self.half_lives.shape[0]))
         for column in range(self.half_lives.shape[0]):
@@ -96,12 +122,24 @@ class ContinuousDecay:
         self._reserve(rows)
         self._values[rows] = self.get(rows, at) + values
         self._at[rows] = at
+        units = self._whole_units(at)
+        self._units[rows] = NOT_WHOLE if units is None else units
 
     def get(self, rows: IndexArray, at: float) -> FloatArray:
+        """The rows' values decayed to ``at``: ``values * 2 ** (-max(at - folded, 0) / h)``."""
         self._reserve(rows)
+        values = gather(self._values, rows)
+        units = self._whole_units(at)
+        if units is not None:
+            # Both times whole units: the gap, ``(units - folded units) * unit``, is exact, and
+            # so is the table entry made from it (see GapFactors). NOT_WHOLE rows get gaps past
+            # the table and go the general way below.
+            gaps = np.maximum(units - self._units.take(rows), 0)
+            if gaps.size == 0 or int(gaps.max()) <= MAX_TABLE_GAP:
+                decayed: FloatArray = values * self._factors.lookup(gaps)
+                return decayed
         gap = np.maximum(at - self._at.take(rows), 0.0)
-        # values * 2 ** (-gap / h), the factor looked up by gap (see GapFactors): same bits.
-        decayed: FloatArray = gather(self._values, rows) * self._factors.factors(gap)
+        decayed = values * self._factors.factors(gap, values)
         return decayed
 
     def state_dict(self, size: int) -> dict[str, Any]:
@@ -117,6 +155,11 @@ class ContinuousDecay:
         decay = cls(tuple(float(h) for h in data["half_lives"]), unit)
         decay._values = unpack_array(data["values"], np.float64).reshape(-1, len(decay.half_lives))
         decay._at = unpack_array(data["at"], np.float64).copy()
+        units = decay._at / decay.unit
+        exact = np.abs(units) <= _EXACT
+        whole = np.where(exact, units, 0.0).astype(np.int64)
+        exact &= (whole == units) & (whole * decay.unit == decay._at)
+        decay._units = np.where(exact, whole, NOT_WHOLE)
         return decay
 
 
@@ -128,6 +171,15 @@ def _member(values: HashArray, pool: HashArray) -> npt.NDArray[np.bool_]:
     where = np.minimum(np.searchsorted(ordered, values), ordered.shape[0] - 1)
     found: npt.NDArray[np.bool_] = ordered[where] == values
     return found
+
+
+def _sums(codes: IndexArray, weights: FloatArray | None, size: int) -> FloatArray:
+    """Per-code sums of ``weights`` (None: of ones, counted exactly as integers)."""
+    if weights is None:
+        counts: FloatArray = np.bincount(codes, minlength=size).astype(np.float64)
+        return counts
+    sums: FloatArray = np.bincount(codes, weights=weights, minlength=size)
+    return sums
 
 
 def _present(codes: IndexArray, size: int) -> IndexArray:
@@ -168,6 +220,10 @@ class WindowEvents:
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
+
+    def unit_weights(self) -> bool:
+        """Whether every weight is exactly 1 (events given without weights)."""
+        return bool((self.weights == 1.0).all())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -265,23 +321,36 @@ class SubWindowSignals:
         end = float((window + 1) * self.window_seconds)
         codes, times, weights = events.codes, events.times, events.weights
         rows = _present(codes, size)
+        # Unit weights (no weights given): multiplying by them changes no bit, and sums of
+        # ones are the exact counts, so those paths skip the weights.
+        unit = events.unit_weights()
         if rows.shape[0]:
-            self.decay.fold(rows, self.decay.contributions(codes, times, weights, end, rows), end)
+            contributions = self.decay.contributions(
+                codes, times, None if unit else weights, end, rows
+            )
+            self.decay.fold(rows, contributions, end)
             late_quarter = times >= end - length / 4
             late_half = times >= end - length / 2
-            quarter = np.bincount(codes[late_quarter], weights[late_quarter], minlength=size)
-            half = np.bincount(codes[late_half], weights[late_half], minlength=size)
+            quarter = _sums(codes[late_quarter], None if unit else weights[late_quarter], size)
+            half = _sums(codes[late_half], None if unit else weights[late_half], size)
             self._quarters[rows, 0] = quarter[rows]
             self._quarters[rows, 1] = half[rows]
             self._stamp[rows] = window
             unseen = ~np.isfinite(self._first[codes])
             np.minimum.at(self._first, codes[unseen], times[unseen])
             np.maximum.at(self._last, codes, times)
-        self._close_audience(window, events, size, end)
+        self._close_audience(window, events, size, end, unit)
 
-    def _close_audience(self, window: int, events: WindowEvents, size: int, end: float) -> None:
+    def _close_audience(
+        self, window: int, events: WindowEvents, size: int, end: float, unit: bool
+    ) -> None:
         known = events.users != UNKNOWN_USER
-        codes, users = events.codes[known], events.users[known]
+        if not known.all():
+            events = WindowEvents(
+                events.codes[known], events.times[known], events.weights[known],
+                events.users[known],
+            )
+        codes, users = events.codes, events.users
         # Hash-based factorising: a window's events are unsorted and sorting them costs more.
         person, people = pd.factorize(users)
         people = np.asarray(people, dtype=np.uint64)
@@ -303,8 +372,8 @@ class SubWindowSignals:
             returning_rows = _present(returning_codes, size)
             contributions = self.decay_returning.contributions(
                 returning_codes,
-                events.times[known][by_returning],
-                events.weights[known][by_returning],
+                events.times[by_returning],
+                None if unit else events.weights[by_returning],
                 end,
                 returning_rows,
             )
