@@ -226,3 +226,51 @@ def test_continuous_decay_reads_the_exact_bits_of_its_definition() -> None:
         factors = np.exp2(-(W - times) / h) * weights
         want = np.bincount(codes, weights=factors)[present]
         np.testing.assert_array_equal(got[:, column], want)
+
+
+def test_continuous_decay_survives_its_state_dict_at_whole_and_other_times() -> None:
+    """A restored decay must read the same bits: rows folded at whole windows take the
+    integer-gap table, a row folded between window ends must not (catches a restored row
+    whose whole-window time was lost or invented)."""
+    half_lives = tuple(f * W for f in DECAY_FRACTIONS)
+    decay = ContinuousDecay(half_lives, unit=W)
+    decay.fold(np.array([0, 1]), np.array([[1.0] * 5, [2.0] * 5]), at=3.0 * W)
+    decay.fold(np.array([2]), np.array([[4.0] * 5]), at=3.5 * W)
+    restored = ContinuousDecay.from_state_dict(
+        orjson.loads(orjson.dumps(decay.state_dict(3))), unit=W
+    )
+    rows = np.arange(4)
+    for at in (3.5 * W, 4.0 * W, 9.0 * W, 9.25 * W):
+        gap = np.maximum(at - decay._at[rows], 0.0)
+        want = decay._values[rows] * np.exp2(-gap[:, None] / decay.half_lives)
+        np.testing.assert_array_equal(decay.get(rows, at), want)
+        np.testing.assert_array_equal(restored.get(rows, at), want)
+
+
+def test_weighted_signals_match_their_definitions() -> None:
+    """With event weights, decayed counts and the quarter and half counts are weighted sums
+    (catches a path that treats weights as ones), and unit weights give the same as none."""
+    items, users, ts = _random_log(seed=8, n=1500, windows=4)
+    weights = np.random.default_rng(8).uniform(0.5, 3.0, ts.shape[0])
+    states = []
+    for w in (weights, np.ones_like(weights), None):
+        state = TrendState(TrendConfig(WindowSpec(W)))
+        codes = state.catalog.codes(items)
+        state.ingest(codes, ts, w, users=users)
+        state.advance_to(4 * W)
+        states.append(state)
+    window = 3
+    end = (window + 1) * W
+    frame = states[0].features(states[0].seen_rows(), window)
+    for position, item in enumerate(frame.item_ids):
+        mine = items == item
+        decayed = [np.sum(weights[mine] * 2.0 ** (-(end - ts[mine]) / (f * W)))
+                   for f in DECAY_FRACTIONS]
+        np.testing.assert_allclose(frame.decayed[position], decayed, rtol=1e-12)
+        in_window = mine & (ts >= window * W)
+        for name, start in (("last_quarter", end - W / 4), ("last_half", end - W / 2)):
+            want = np.sum(weights[in_window & (ts >= start)])
+            assert getattr(frame, name)[position] == pytest.approx(want, rel=1e-12)
+        assert frame.count[position] == pytest.approx(np.sum(weights[in_window]), rel=1e-12)
+    ones, none = (s.features(s.seen_rows(), window).to_dict() for s in states[1:])
+    assert orjson.dumps(ones) == orjson.dumps(none)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from river import stats as river_stats
 
+from streams.trend.state import floor_divide
 from streams.trend.stats import (
     MAX_TABLE_GAP,
     DecayingMeans,
@@ -142,3 +143,21 @@ def test_recent_counts_equal_a_dense_history() -> None:
         for column, w in enumerate(range(window - k + 1, window + 1)):
             still = written[:, w % k] == w
             np.testing.assert_array_equal(got[:, column], np.where(still, history[w], 0.0))
+
+
+def test_floor_divide_gives_numpy_floor_division_bits() -> None:
+    """Window indices come from a checked floor of the quotient; they must equal numpy's
+    floor division everywhere, next to window edges and for odd values too (catches an
+    unchecked floor of a quotient that rounded to a window edge, as -5e-324 / 7 does)."""
+    rng = np.random.default_rng(3)
+    for length in (1, 7, 3600, 604800):
+        edges = np.arange(1, 2000, dtype=np.float64) * length + 1.6e9 // length * length
+        values = np.concatenate([
+            rng.uniform(0.0, 2e9, 5000),
+            edges, np.nextafter(edges, -np.inf), edges - 1e-6,
+            np.array([0.0, -0.0, -1.0, 2.0**60, 1e300, 5e-324, -5e-324, -1e-300]),
+        ])
+        want = np.floor_divide(values, length)
+        got = floor_divide(values, length)
+        np.testing.assert_array_equal(got, want)
+        assert (np.signbit(got) == np.signbit(want)).all()
