@@ -287,8 +287,8 @@ def compare_int8(
         INT8_MIN_TOP10_OVERLAP,
     )
     from model.cascade import ALPHAS, blended
-    from model.evaluation import lm_written_part
     from model.explain import check_explanation
+    from model.metrics import lm_written_part
     from model.priors import prior_log_count
 
     runtimes = {

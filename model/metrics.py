@@ -4,11 +4,15 @@ For a ranking made at the end of window ``t`` and a user active in ``t + 1`` who
 before it, the relevant set is the distinct items the user touched in ``t + 1``. HR@K is 1 when
 any of the top K is relevant; NDCG@K uses binary relevance and an ideal DCG over
 ``min(K, |relevant|)`` items. Both are pooled over all (user, window) pairs.
+
+:func:`lm_written_part` is what an LM explanation is judged on: the text without the forecast
+sentence every explanation is forced to open with.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -144,3 +148,17 @@ def bootstrap_interval(
         means[i] = values[rng.integers(0, values.size, values.size)].mean()
     tail = (1.0 - level) / 2.0
     return (float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail)))
+
+
+#: The forced opening of LM explanations (the model's own forecast, true by construction); it
+#: is left out when judging what the LM itself wrote.
+_FORCED_FORECAST = re.compile(r"^Forecast: about [^.]*\.\s*")
+
+
+def lm_written_part(text: str) -> str:
+    """An explanation without its forced forecast sentence: what the LM itself wrote.
+
+    >>> lm_written_part("Forecast: about 4 events next week. It is rising.")
+    'It is rising.'
+    """
+    return _FORCED_FORECAST.sub("", text, count=1)

@@ -63,8 +63,8 @@ class ExplanationGuard:
         self._contradictions = 0.0
 
     def apply(self, records: list[Any], scores: list[float], texts: list[str]) -> list[str]:
-        from model.evaluation import lm_written_part
         from model.explain import check_explanation, forecast_sentence, verbalize
+        from model.metrics import lm_written_part
 
         published = []
         for record, score, text in zip(records, scores, texts, strict=True):
@@ -253,7 +253,7 @@ def language_model_scorer_factory(name: str, settings: Settings) -> Callable[[],
         # A folder of exports (or one export): the newest valid one serves, and a newer one is
         # picked up between windows without a restart.
         from export.cache import PRECISION_OF
-        from export.runtime import ReloadingScorer
+        from export.reload import ReloadingScorer
 
         model_dir = settings.model_dir
         precision = PRECISION_OF[settings.lm_runtime]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.evaluation import plot_hr10_intervals  # noqa: E402
+from streams.evaluation import plot_hr10_intervals  # noqa: E402
 
 PROTOCOL = ("dataset", "window_seconds", "test_windows", "first_window_end", "last_window_end")
 

@@ -291,7 +291,7 @@ def _evaluate(
     log: EventLog,
     factories: list[tuple[str, Callable[[], Scorer]]],
 ) -> int:
-    from model.evaluation import DEFAULT_TEST_WINDOWS, evaluate
+    from streams.evaluation import DEFAULT_TEST_WINDOWS, evaluate
 
     report = evaluate(
         log,
@@ -305,7 +305,8 @@ def _evaluate(
     if args.with_sasrec:
         from dataclasses import replace
 
-        from model.sasrec import SasRecConfig, evaluate_sasrec
+        from model.sasrec import SasRecConfig
+        from streams.evaluation.sasrec import evaluate_sasrec
 
         config = SasRecConfig()
         if args.sasrec_epochs is not None:

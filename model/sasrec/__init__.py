@@ -24,12 +24,13 @@ training cannot be recommended at all: that is the model's honest cold-start cos
 
 Modules, as in nanoGPT: :mod:`~model.sasrec.network` (the configuration and the network),
 :mod:`~model.sasrec.data` (event logs as left-padded index sequences, and the negatives),
-:mod:`~model.sasrec.training` (:func:`train_sasrec`) and :mod:`~model.sasrec.evaluate` (the
-rankings and the protocol's report; ``python -m model.sasrec DATASET --window 7d``).
+:mod:`~model.sasrec.training` (:func:`train_sasrec`) and :mod:`~model.sasrec.ranking` (each
+user's top items at a ranking time). Its report under the protocol, and ``python -m
+streams.evaluation.sasrec DATASET --window 7d``, are :mod:`streams.evaluation.sasrec`'s.
 """
 
-from model.sasrec.evaluate import NAME, VERSION, evaluate_sasrec, sasrec_rankings
 from model.sasrec.network import SasRec, SasRecConfig
+from model.sasrec.ranking import NAME, VERSION, sasrec_rankings
 from model.sasrec.training import train_sasrec
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "VERSION",
     "SasRec",
     "SasRecConfig",
-    "evaluate_sasrec",
     "sasrec_rankings",
     "train_sasrec",
 ]

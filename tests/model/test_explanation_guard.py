@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from model.evaluation import lm_written_part
 from model.explain import check_explanation, forecast_sentence, verbalize
+from model.metrics import lm_written_part
 from model.scorer import ExplanationGuard
 from schemas.records import ItemFeatures
 

@@ -10,8 +10,9 @@ import math
 import numpy as np
 import torch
 
-from model.sasrec import SasRec, SasRecConfig, evaluate_sasrec, sasrec_rankings, train_sasrec
+from model.sasrec import SasRec, SasRecConfig, sasrec_rankings, train_sasrec
 from model.sasrec.data import tie_order
+from streams.evaluation.sasrec import evaluate_sasrec
 from streams.eventlog import EventLog
 
 TINY = SasRecConfig(

@@ -20,8 +20,8 @@ import torch
 
 from export import INT8_MAX_ABS_DIFF
 from export.runtime import OrtTrailModel, OrtTrailScorer
-from model.evaluation import lm_written_part
 from model.explain import check_explanation
+from model.metrics import lm_written_part
 from model.priors import prior_log_count
 from model.registry import scorer_factory
 from model.scorer import DEFAULT_ADAPTER, adapter_version
