@@ -364,7 +364,7 @@ class TrendState:
         self._first_window[unseen] = window
         self._total[changed] += changed_counts
         self._update_categories(changed, changed_counts, window)
-        self.sub.close(window, events, size)
+        self.sub.close(window, events, size, unit)
         self._last_events = total_events
         self.closed_through = window
         spec = self.config.window

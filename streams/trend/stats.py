@@ -135,7 +135,14 @@ class DecayingMeans:
 
     def _decayed(self, rows: IndexArray, window: int) -> FloatArray:
         # m * d ** gap, the power looked up by gap (see GapFactors): the same bits.
-        gap = np.maximum(window - self._updated_at.take(rows), 0)
+        try:
+            updated_at = self._updated_at.take(rows)
+        except IndexError:
+            # Rows past the arrays have never been updated: grow them (a read of every seen
+            # item each window should not pay for a max over its rows to find out).
+            self._reserve(rows)
+            updated_at = self._updated_at.take(rows)
+        gap = np.maximum(window - updated_at, 0)
         means = gather(self._means, rows)
         if gap.size == 0 or int(gap.max()) <= MAX_TABLE_GAP:
             factors = self._powers.lookup(gap)
@@ -149,12 +156,14 @@ class DecayingMeans:
         self._reserve(rows)
         # The previous value decays up to the window before this one, then the new count enters.
         previous = self._decayed(rows, window - 1)
-        self._means[rows] = self.decay * previous + (1.0 - self.decay) * values[:, None]
+        # d * m + (1 - d) * x with the items along the inner axis (numpy loops slowly over a
+        # short one); the same operations on the same values, so the same bits.
+        mixed = self.decay[:, None] * previous.T + (1.0 - self.decay)[:, None] * values[None, :]
+        self._means[rows] = mixed.T
         self._updated_at[rows] = window
 
     def get(self, rows: IndexArray, window: int) -> FloatArray:
         """The means of ``rows`` as of ``window`` (one column per half-life)."""
-        self._reserve(rows)
         return self._decayed(rows, window)
 
     def state_dict(self, size: int) -> dict[str, Any]:
@@ -210,14 +219,17 @@ class RecentCounts:
 
     def get(self, rows: IndexArray, window: int) -> FloatArray:
         """Counts of windows ``window - k + 1 .. window`` for ``rows``."""
-        self._reserve(rows)
+        try:
+            stamps = gather(self._stamps, rows)
+        except IndexError:  # rows never updated, past the arrays: grow them
+            self._reserve(rows)
+            stamps = gather(self._stamps, rows)
         first = window - self.k + 1
         slots = np.arange(first, window + 1, dtype=np.int64) % self.k
         # A slot's stamp is always congruent to the slot modulo k (an update writes slot
         # ``w % k`` with stamp ``w``; a never-written slot holds count 0), so "the stamp is
         # the window this column wants" is "the stamp lies in first..window": two scalar
         # comparisons instead of a broadcast one.
-        stamps = gather(self._stamps, rows)
         current = (stamps >= first) & (stamps <= window)
         result: FloatArray = np.where(current, gather(self._counts, rows), 0.0)[:, slots]
         return result
@@ -231,11 +243,13 @@ class RecentCounts:
         >>> recent.latest(np.array([0, 1]), window=6).tolist()
         [3.0, 0.0]
         """
-        self._reserve(rows)
         slot = window % self.k
-        values: FloatArray = np.where(
-            self._stamps[:, slot].take(rows) == window, self._counts[:, slot].take(rows), 0.0
-        )
+        try:
+            stamps = self._stamps[:, slot].take(rows)
+        except IndexError:  # rows never updated, past the arrays: grow them
+            self._reserve(rows)
+            stamps = self._stamps[:, slot].take(rows)
+        values: FloatArray = np.where(stamps == window, self._counts[:, slot].take(rows), 0.0)
         return values
 
     def state_dict(self, size: int) -> dict[str, Any]:

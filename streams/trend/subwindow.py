@@ -127,8 +127,11 @@ class ContinuousDecay:
 
     def get(self, rows: IndexArray, at: float) -> FloatArray:
         """The rows' values decayed to ``at``: ``values * 2 ** (-max(at - folded, 0) / h)``."""
-        self._reserve(rows)
-        values = gather(self._values, rows)
+        try:
+            values = gather(self._values, rows)
+        except IndexError:  # rows never folded, past the arrays: grow them
+            self._reserve(rows)
+            values = gather(self._values, rows)
         units = self._whole_units(at)
         if units is not None:
             # Both times whole units: the gap, ``(units - folded units) * unit``, is exact, and
@@ -314,8 +317,11 @@ class SubWindowSignals:
             self._first = grown(self._first, size, np.inf)
             self._last = grown(self._last, size, -np.inf)
 
-    def close(self, window: int, events: WindowEvents, size: int) -> None:
-        """Fold the events of ``window`` (closed now, in order) into the signals."""
+    def close(
+        self, window: int, events: WindowEvents, size: int, unit: bool | None = None
+    ) -> None:
+        """Fold the events of ``window`` (closed now, in order) into the signals; ``unit``
+        says whether every weight is 1 (None: find out)."""
         self._reserve(size)
         length = float(self.window_seconds)
         end = float((window + 1) * self.window_seconds)
@@ -323,7 +329,8 @@ class SubWindowSignals:
         rows = _present(codes, size)
         # Unit weights (no weights given): multiplying by them changes no bit, and sums of
         # ones are the exact counts, so those paths skip the weights.
-        unit = events.unit_weights()
+        if unit is None:
+            unit = events.unit_weights()
         if rows.shape[0]:
             contributions = self.decay.contributions(
                 codes, times, None if unit else weights, end, rows
@@ -390,7 +397,8 @@ class SubWindowSignals:
             rate_rows = np.flatnonzero(before).astype(np.int64)
             self._rate[rate_rows] = again[rate_rows] / before[rate_rows]
             self._rate_stamp[rate_rows] = window
-        self.seen.add(people)
+        # Only the new people: the ones found seen above need no second look-up.
+        self.seen.add(people[~returning_person])
         self._previous_window = window
         self._previous_items = pair_items.astype(np.int64)
         self._previous_people = people
@@ -399,10 +407,13 @@ class SubWindowSignals:
 
     def get(self, rows: IndexArray, window: int) -> SubWindowFeatures:
         """The signals of ``rows`` as of the close of ``window`` (the last closed one)."""
-        size = int(rows.max()) + 1 if rows.size else 0
-        self._reserve(size)
+        try:
+            stamp = self._stamp.take(rows)
+        except IndexError:  # rows never closed, past the arrays: grow them
+            self._reserve(int(rows.max()) + 1)
+            stamp = self._stamp.take(rows)
         end = float((window + 1) * self.window_seconds)
-        current = self._stamp.take(rows) == window
+        current = stamp == window
         rate = np.where(self._rate_stamp.take(rows) == window, self._rate.take(rows), 0.0)
         first, last = self._first.take(rows), self._last.take(rows)
         return SubWindowFeatures(
