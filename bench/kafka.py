@@ -42,13 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import command_line, machine, record, today  # noqa: E402
-from model.registry import scorer_factory  # noqa: E402
 from streams.eventlog import EventLog, load_events  # noqa: E402
 from streams.kafka.options import TopicSpec, ensure_topics  # noqa: E402
 from streams.kafka.sender import BatchSender  # noqa: E402
 from streams.kafka.worker import Worker  # noqa: E402
 from streams.kafka_cli import event_values  # noqa: E402
 from streams.partitioning import partitions_of  # noqa: E402
+from streams.registry import scorer_factory  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 HEADER = (

@@ -291,7 +291,7 @@ def main() -> int:
 
     import torch
 
-    from export.cache import cache_root, ensure_export
+    from export.cache import ensure_export
     from export.manifest import int8_status
     from model.scorer import adapter_version
     from model.trail import TrailModel
@@ -305,7 +305,7 @@ def main() -> int:
         adapter, provenance = resolve_adapter(args.adapter, work)
         export_dir = args.model
         if export_dir is None:
-            export_dir = ensure_export(adapter, cache_dir=cache_root(Settings()), log=log)
+            export_dir = ensure_export(adapter, cache_dir=Settings().cache_dir, log=log)
             log(f"the cached export {export_dir}")
         manifest = json.loads((export_dir / MANIFEST_FILE).read_text())
         int8 = int8_status(manifest)

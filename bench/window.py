@@ -50,11 +50,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import command_line, machine, record, today  # noqa: E402
-from model.registry import scorer_factory  # noqa: E402
 from schemas import encode  # noqa: E402
 from streams.engine import Engine, WindowResult  # noqa: E402
 from streams.eventlog import load_events  # noqa: E402
 from streams.kafka.publisher import encode_score_updates  # noqa: E402
+from streams.registry import scorer_factory  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.trend.windows import parse_duration  # noqa: E402
 
@@ -170,11 +170,11 @@ def run(args: argparse.Namespace, lm_runtime: str) -> dict[str, Any]:
 
     started = time.perf_counter()
     if lm_runtime in ("ort-int8", "ort-int8-scorer") and args.compare_int8:
-        from export.cache import cache_root, ensure_export
+        from export.cache import ensure_export
         from export.runtime import OrtTrailScorer
         from model.scorer import DEFAULT_ADAPTER
 
-        folder = ensure_export(DEFAULT_ADAPTER, cache_dir=cache_root(settings), log=log)
+        folder = ensure_export(DEFAULT_ADAPTER, cache_dir=settings.cache_dir, log=log)
         scorer: Any = OrtTrailScorer(
             folder,
             settings.rescore_top,

@@ -8,8 +8,9 @@ The key covers the adapter's weights, the base model's name and the export layou
 retrained adapter or a new layout exports again; the manifest's hashes are checked at every
 load. Two processes that start together serialise on the cache's lock file: one exports, the
 other waits and serves the result. An export that failed its validation is kept (with its
-manifest saying why) and not retried on every run; the scorer then falls back to PyTorch
-when the runtime was not asked for explicitly.
+manifest saying why) and not retried on every run. Serving from the cache, and falling back
+to PyTorch when the runtime was not asked for explicitly, is the scorer factory's
+(:func:`streams.registry.cached_trail_scorer`): it needs both this layer and ``model/``.
 """
 
 from __future__ import annotations
@@ -18,19 +19,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from export.manifest import MANIFEST_FILE, MANIFEST_FORMAT, int8_status
-from export.runtime import OrtTrailScorer
 from export.sessions import CPU
-from model.files import ModelLoadError
 from model.scorer import adapter_version
-from streams.scoring import Scorer
-from streams.settings import Settings
 
 EXPORTS_SUBDIR = "exports"
 
@@ -46,7 +42,8 @@ PRECISION_OF = {
 Log = Callable[[str], None]
 
 
-def _stderr(message: str) -> None:
+def log_to_stderr(message: str) -> None:
+    """The default ``log``: one line on standard error, flushed (progress of a long export)."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -67,16 +64,6 @@ def export_key(adapter_dir: Path, base_model: str | None) -> str:
     version = adapter_version(adapter_dir)
     digest = hashlib.sha256(json.dumps([version, base_model, MANIFEST_FORMAT]).encode())
     return f"{version.replace('@', '-')}-{digest.hexdigest()[:10]}"
-
-
-def cache_root(settings: Settings) -> Path:
-    """Where exports are cached: ``cache_dir`` when set (``TRAIL_CACHE_DIR``), else the cache
-    the base model and the datasets share (``$TRAIL_CACHE`` or ``~/.cache/trail``)."""
-    if "cache_dir" in settings.model_fields_set:
-        return Path(settings.cache_dir)
-    from streams.trend.folders import default_cache_dir
-
-    return default_cache_dir()
 
 
 def cached_export_dir(adapter_dir: Path, base_model: str | None, cache_dir: Path) -> Path:
@@ -114,7 +101,7 @@ def ensure_export(
     cache_dir: Path,
     base_model: str | None = None,
     int8: bool = False,
-    log: Log = _stderr,
+    log: Log = log_to_stderr,
 ) -> Path:
     """The cached export of ``adapter_dir``, exported when missing; with ``int8`` its int8
     graphs too (added to an export that has none, and judged against fp32).
@@ -164,7 +151,7 @@ def _has_int8(folder: Path) -> bool:
     return int8_status(manifest) == "ok" or manifest.get("int8", {}).get("status") == "failed"
 
 
-def add_int8(folder: Path, log: Log = _stderr) -> dict[str, Any]:
+def add_int8(folder: Path, log: Log = log_to_stderr) -> dict[str, Any]:
     """Quantize an fp32 export in place and write the verdict into its manifest.
 
     Until the verdict the manifest says ``validating`` (a crash leaves it so, and it is
@@ -181,43 +168,6 @@ def add_int8(folder: Path, log: Log = _stderr) -> dict[str, Any]:
     return write_manifest(folder, manifest)
 
 
-def cached_trail_scorer(adapter_dir: Path, settings: Settings, *, log: Log = _stderr) -> Scorer:
-    """The TRAIL scorer for ``adapter_dir`` on the runtime ``settings.lm_runtime`` asks for.
-
-    ``auto`` serves ONNX Runtime from the cache (int8 on the CPU where it held, see
-    :func:`export.runtime.choose_precision`), and PyTorch when ONNX Runtime cannot serve this
-    adapter here (a package missing, or the export failed its validation), saying so;
-    ``ort``, ``ort-fp32`` and ``ort-int8`` raise instead of falling back.
-    """
-    runtime = settings.lm_runtime
-    precision = PRECISION_OF[runtime]
-    root = cache_root(settings)
-    int8 = wants_int8(precision)
-    folder: Path | None = None
-    try:
-        folder = ensure_export(
-            adapter_dir, cache_dir=root, base_model=settings.base_model, int8=int8, log=log
-        )
-        return _ort(folder, settings, precision)
-    except ModelLoadError as exc:
-        if folder is None or runtime != "auto":
-            raise
-        # The cache is ours: a corrupt or truncated file there is exported again, once.
-        log(f"warning: the cached export cannot be served ({exc}); exporting it again")
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            folder = ensure_export(
-                adapter_dir, cache_dir=root, base_model=settings.base_model, int8=int8, log=log
-            )
-            return _ort(folder, settings, precision)
-        except (ImportError, ExportUnavailable, ModelLoadError) as again:
-            return _torch(adapter_dir, settings, again, log)
-    except (ImportError, ExportUnavailable) as exc:
-        if runtime != "auto":
-            raise
-        return _torch(adapter_dir, settings, exc, log)
-
-
 def wants_int8(precision: str) -> bool:
     """Whether serving at ``precision`` here needs the int8 graphs: asked for, or ``auto`` on
     a CPU-only host where int8 is the default once it held (:data:`export.INT8_DEFAULT_ON_CPU`)."""
@@ -227,27 +177,3 @@ def wants_int8(precision: str) -> bool:
     if precision in ("int8", "int8-scorer"):
         return True
     return precision == "auto" and INT8_DEFAULT_ON_CPU and default_providers() == [CPU]
-
-
-def _ort(folder: Path, settings: Settings, precision: str) -> OrtTrailScorer:
-    return OrtTrailScorer(
-        folder,
-        rescore_top=settings.rescore_top,
-        guard=settings.explanation_guard,
-        precision=precision,
-    )
-
-
-def _torch(adapter_dir: Path, settings: Settings, why: BaseException, log: Log) -> Any:
-    from model.scorer import TrailScorer
-
-    log(
-        f"warning: ONNX Runtime cannot serve the TRAIL adapter here ({why}); "
-        "scoring with PyTorch instead (--lm-runtime torch says so explicitly)"
-    )
-    return TrailScorer(
-        adapter_dir,
-        base_model=settings.base_model,
-        rescore_top=settings.rescore_top,
-        guard=settings.explanation_guard,
-    )

@@ -5,6 +5,7 @@ so far, which is cheap and vectorised; only its ``rescore_top`` best go through 
 residual over its recency prior (:mod:`model.priors`) is blended in as far as it has helped on
 past windows. The base LM re-scores the top of the EW-mean prior zero-shot. The cost of a
 window grows with ``rescore_top`` and the number of explanations, never with the catalog.
+Which of them serves, on which runtime, is the scorer factory's (:mod:`streams.registry`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,6 @@ import numpy.typing as npt
 from model.cascade import RankingStage, blended
 from model.explain import complete_sentences
 from model.priors import prior_scores
-from streams.scoring import Scorer
-from streams.settings import Settings
 from streams.trend.catalog import rank_positions, tie_ranks
 from streams.trend.features import FeatureFrame
 from streams.trend.state import WindowOutcome
@@ -231,51 +229,3 @@ class BaseLMScorer:
 
     def learn(self, features: FeatureFrame, outcome: WindowOutcome) -> None:
         return None
-
-
-def language_model_scorer_factory(name: str, settings: Settings) -> Callable[[], Scorer]:
-    """Constructor of ``trail`` or ``base-lm`` as ``settings`` configure them.
-
-    TRAIL runs on ONNX Runtime by default (``settings.lm_runtime``): with ``model_dir`` that
-    export (folder) is served, otherwise the adapter's export from the cache, made on first
-    use (:mod:`export.cache`); ``torch`` serves the adapter with PyTorch.
-    """
-    if name == "base-lm":
-        return lambda: BaseLMScorer(
-            base_model=settings.base_model, rescore_top=settings.rescore_top
-        )
-    if settings.model_dir is not None:
-        if settings.lm_runtime == "torch":
-            raise ValueError(
-                "--model serves an ONNX export with ONNX Runtime; for PyTorch pass the "
-                "adapter (--adapter DIR) with --lm-runtime torch"
-            )
-        # A folder of exports (or one export): the newest valid one serves, and a newer one is
-        # picked up between windows without a restart.
-        from export.cache import PRECISION_OF
-        from export.reload import ReloadingScorer
-
-        model_dir = settings.model_dir
-        precision = PRECISION_OF[settings.lm_runtime]
-        return lambda: ReloadingScorer(
-            model_dir,
-            rescore_top=settings.rescore_top,
-            guard=settings.explanation_guard,
-            precision=precision,
-        )
-    adapter = settings.adapter or DEFAULT_ADAPTER
-    if not (adapter / "trail_config.json").is_file():
-        raise FileNotFoundError(
-            f"no TRAIL adapter at {adapter}: train one with `trail train SNAPSHOTS --out DIR` "
-            "and pass --adapter DIR"
-        )
-    if settings.lm_runtime != "torch":
-        from export.cache import cached_trail_scorer
-
-        return lambda: cached_trail_scorer(adapter, settings)
-    return lambda: TrailScorer(
-        adapter,
-        base_model=settings.base_model,
-        rescore_top=settings.rescore_top,
-        guard=settings.explanation_guard,
-    )

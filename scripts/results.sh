@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/results}
 mkdir -p "$out"
-# Every scorer the CLI knows, in report order (model/registry.py lists them, once).
+# Every scorer the CLI knows, in report order (streams/registry.py lists them, once).
 mapfile -t scorers < <(.venv/bin/python -c \
-  'from model.registry import SCORER_NAMES; print(*SCORER_NAMES, sep="\n")')
-(( ${#scorers[@]} )) || { echo "no scorer names from model.registry" >&2; exit 1; }
+  'from streams.registry import SCORER_NAMES; print(*SCORER_NAMES, sep="\n")')
+(( ${#scorers[@]} )) || { echo "no scorer names from streams.registry" >&2; exit 1; }
 args=()
 for s in "${scorers[@]}"; do args+=(--scorer "$s"); done
 for spec in ml-100k:7d ml-1m:7d amazon-beauty:30d; do

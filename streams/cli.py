@@ -191,8 +191,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(command: str, args: argparse.Namespace) -> int:
-    from model.registry import BASELINE_NAMES, UnknownScorerError, scorer_factory
     from streams.eventlog import DatasetError, load_events, load_items
+    from streams.registry import BASELINE_NAMES, UnknownScorerError, scorer_factory
 
     settings = settings_from_args(args)
     try:

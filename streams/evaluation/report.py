@@ -221,7 +221,7 @@ def plot_hr10_intervals(
         ratio = metrics.get("HR@10_ratio")
         label = f"{value:.4f}" + (f"  ({ratio:.2f}x)" if ratio is not None else "")
         axes.annotate(label, (hi, y), xytext=(6, -3), textcoords="offset points", fontsize=8)
-    if best_baseline in results:
+    if best_baseline is not None and best_baseline in results:
         axes.axvline(results[best_baseline]["HR@10"], color="tab:red", linestyle="--", lw=1)
     axes.set_yticks(range(len(rows)), [name for name, _ in rows])
     axes.set_xlabel("HR@10 with 95% bootstrap interval (ratio to the best classic baseline)")

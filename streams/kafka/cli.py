@@ -120,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiokafka").setLevel(os.environ.get("TRAIL_AIOKAFKA_LOG_LEVEL", "WARNING"))
-    from model.registry import scorer_factory
     from streams.eventlog import DatasetError
     from streams.kafka.faults import fault_hook
     from streams.kafka.items import load_items
     from streams.kafka.worker import Worker
     from streams.metrics import WorkerMetrics
+    from streams.registry import scorer_factory
 
     settings = settings_from_args(args)
     factory = scorer_factory(settings.scorer, settings)

@@ -319,6 +319,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _scorer_names() -> tuple[str, ...]:
-    from model.registry import SCORER_NAMES
+    from streams.registry import SCORER_NAMES
 
     return SCORER_NAMES

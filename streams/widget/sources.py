@@ -94,9 +94,9 @@ class DemoSource:
             log.exception("demo source failed")
 
     def _replay_loop(self) -> None:
-        from model.registry import scorer_factory
         from streams.engine import Engine
         from streams.eventlog import load_events
+        from streams.registry import scorer_factory
         from streams.replay import EvaluationWindows, replay
 
         config = self.settings.engine_config()

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from model.registry import scorer_factory
 from schemas import ScoreUpdate, TrendingSnapshot, decode
 from streams.engine import Engine
 from streams.eventlog import EventLog, load_events
 from streams.partitioning import split_log
 from streams.publish import MemoryPublisher
+from streams.registry import scorer_factory
 from streams.replay import EvaluationWindows, replay
 from streams.settings import Settings
 

@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka_support import ml100k
 
-from model.registry import scorer_factory
 from schemas import MAX_RECORD_BYTES, Event, RecordError, decode, encode
 from streams.engine import Engine
 from streams.kafka.deadletters import MAX_REASON_CHARS, dead_letter_record, read_dead_letter
 from streams.kafka.decode import DecodedEvents, decode_events
 from streams.kafka_cli import event_values
+from streams.registry import scorer_factory
 from streams.settings import Settings
 
 NOW = 1_700_000_000.0

@@ -43,7 +43,6 @@ from kafka_support import (
 )
 
 from model.explain import verbalize
-from model.registry import scorer_factory
 from schemas import MAX_RECORD_BYTES, ItemMeta, ScoreUpdate
 from streams.engine import Engine
 from streams.eventlog import EventLog
@@ -55,6 +54,7 @@ from streams.kafka.worker import Worker
 from streams.kafka_cli import produce_items, produce_log
 from streams.partitioning import partition_for, split_log
 from streams.publish import MemoryPublisher
+from streams.registry import scorer_factory
 from streams.replay import EvaluationWindows, replay
 from streams.settings import Settings
 from streams.trend.state import TrendConfig, TrendState

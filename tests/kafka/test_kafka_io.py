@@ -19,7 +19,6 @@ import orjson
 import pytest
 from kafka_support import ml100k, unique_settings
 
-from model.registry import scorer_factory
 from schemas import Event, RecordError, TrendingItem, TrendingSnapshot, decode, encode
 from streams.engine import Engine
 from streams.kafka.deadletters import (
@@ -36,6 +35,7 @@ from streams.kafka.sender import BatchSender
 from streams.kafka.state import StateStore
 from streams.kafka.trending import TrendingMerger, merge_trending
 from streams.kafka.worker import Worker
+from streams.registry import scorer_factory
 from streams.settings import Settings
 from streams.trend.windows import parse_duration
 

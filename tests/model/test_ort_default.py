@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.cache import ExportUnavailable, cached_trail_scorer, ensure_export, export_key
+from export.cache import ExportUnavailable, ensure_export, export_key
 from export.manifest import (
     INT8_GENERATOR_FILE,
     INT8_SCORER_FILE,
@@ -31,10 +31,11 @@ from export.sessions import CPU, CUDA
 from export.tokenizer import ExportTokenizer
 from model.explain import forecast_sentence
 from model.prompts import PromptEncoder, build_prompt, chat_pieces, chat_prompt
-from model.scorer import TrailScorer, language_model_scorer_factory
+from model.scorer import TrailScorer
 from model.tiny import SHAPES, synthetic_features
 from model.trail import TrailConfig, TrailModel
 from streams.cli import main as trail
+from streams.registry import cached_trail_scorer, language_model_scorer_factory
 from streams.settings import Settings
 
 

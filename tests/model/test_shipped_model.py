@@ -23,11 +23,11 @@ from export.runtime import OrtTrailModel, OrtTrailScorer
 from model.explain import check_explanation
 from model.metrics import lm_written_part
 from model.priors import prior_log_count
-from model.registry import scorer_factory
 from model.scorer import DEFAULT_ADAPTER, adapter_version
 from streams.cli import main as trail
 from streams.engine import Engine, WindowResult
 from streams.eventlog import DatasetError, EventLog, load_events
+from streams.registry import scorer_factory
 from streams.replay import EvaluationWindows, replay
 from streams.settings import Settings
 

@@ -10,9 +10,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from model.registry import BASELINE_NAMES, SCORER_NAMES
 from schemas import ScoreUpdate, decode
 from streams.cli import main as trail
+from streams.registry import BASELINE_NAMES, SCORER_NAMES
 
 DAY = 86_400
 
@@ -140,7 +140,7 @@ def test_evaluate_writes_json_markdown_and_plot(tmp_path, capsys) -> None:
     log; the rankings of two baselines are the ones their definitions give by hand; the
     Markdown table and the plot hold every scorer.
 
-    Catches: a default scorer list that drifts from ``model.registry`` (a new baseline left
+    Catches: a default scorer list that drifts from ``streams.registry`` (a new baseline left
     out), metrics off the protocol (an NDCG ideal over k items instead of min(k, relevant), a
     top-k cut off by one), or rankings that are not the baselines' (it used to check only
     that each number lay in [0, 1]).

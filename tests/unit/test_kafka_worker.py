@@ -25,7 +25,6 @@ import numpy as np
 import orjson
 import pytest
 
-from model.registry import scorer_factory
 from schemas import ScoreUpdate, TrendingSnapshot, decode
 from streams.engine import Engine
 from streams.eventlog import EventLog
@@ -39,6 +38,7 @@ from streams.kafka.worker import Worker
 from streams.kafka_cli import event_values
 from streams.partitioning import partition_for, partition_for_key, partitions_of, split_log
 from streams.publish import MemoryPublisher
+from streams.registry import scorer_factory
 from streams.replay import EvaluationWindows, replay
 from streams.settings import Settings
 

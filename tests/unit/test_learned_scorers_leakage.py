@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.registry import scorer_factory
 from streams.engine import Engine, EngineConfig, WindowResult
+from streams.registry import scorer_factory
 from streams.settings import Settings
 from streams.trend.state import TrendConfig
 from streams.trend.windows import WindowSpec

@@ -126,22 +126,19 @@ def test_the_cache_folder_is_one_variable_read_the_same_everywhere(
 
     Catches the two names again meaning two folders: the base model and the datasets read
     only TRAIL_CACHE, Settings (the exports) only TRAIL_CACHE_DIR."""
-    from export.cache import cache_root
-
     new, old = tmp_path / "new", tmp_path / "old"
     for env in ({"TRAIL_CACHE_DIR": new}, {"TRAIL_CACHE": old, "TRAIL_CACHE_DIR": new}):
         for name, value in env.items():
             clean_env.setenv(name, str(value))
         assert Settings().cache_dir == new
-        assert cache_root(Settings()) == new
         assert default_cache_dir() == new
         assert cached_model_dir().parents[1] == new
     clean_env.delenv("TRAIL_CACHE_DIR")
-    assert Settings().cache_dir == cache_root(Settings()) == default_cache_dir() == old
+    assert Settings().cache_dir == default_cache_dir() == old
     assert cached_model_dir().parents[1] == old
     clean_env.delenv("TRAIL_CACHE")
     home = Path.home() / ".cache" / "trail"
-    assert Settings().cache_dir == cache_root(Settings()) == default_cache_dir() == home
+    assert Settings().cache_dir == default_cache_dir() == home
     # "~" in the variable is the home folder for every reader, an empty value is unset.
     clean_env.setenv("TRAIL_CACHE_DIR", "~/trail-cache")
     assert Settings().cache_dir == default_cache_dir() == Path.home() / "trail-cache"
