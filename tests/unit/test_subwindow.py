@@ -274,3 +274,22 @@ def test_weighted_signals_match_their_definitions() -> None:
         assert frame.count[position] == pytest.approx(np.sum(weights[in_window]), rel=1e-12)
     ones, none = (s.features(s.seen_rows(), window).to_dict() for s in states[1:])
     assert orjson.dumps(ones) == orjson.dumps(none)
+
+
+def test_user_hashes_are_pandas_hash_array_of_the_ids() -> None:
+    """USER_HASH names pandas' categorised hash_array: hash_user_ids must give its bits for
+    text, numbers (by their text), missing ids and empty batches, or a saved seen-user set
+    would stop matching the users of a restored worker."""
+    import pandas as pd
+
+    batches = [
+        np.array([f"user{i % 97}" for i in range(5000)], dtype=object),
+        np.array([7, "7", 7.0, None, np.nan, "a", b"x", True], dtype=object),
+        np.array([], dtype=object),
+        ["u1", "u2", "u1"],
+        np.arange(40),
+        [None, None],
+    ]
+    for batch in batches:
+        want = pd.util.hash_array(np.asarray(batch, dtype=object), categorize=True)
+        np.testing.assert_array_equal(hash_user_ids(batch), want)
