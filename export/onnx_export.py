@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import shutil
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from model.explain import forecast_sentence
 from model.priors import prior_log_count
 from model.prompts import chat_pieces
 from model.scorer import adapter_version
+from model.tiny import validation_features
 from model.trail import TrailModel
 from schemas import ItemFeatures
 
@@ -80,14 +80,6 @@ class ExportError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- references
-def validation_features(count: int, seed: int = 0) -> list[ItemFeatures]:
-    """Realistic item signals for validation: every trend shape, window length and metadata."""
-    from model.tiny import SHAPES, synthetic_features
-
-    rng = random.Random(seed)  # noqa: S311 - reproducible validation inputs, not security
-    return [synthetic_features(rng, shape=SHAPES[i % len(SHAPES)]) for i in range(count)]
-
-
 @torch.no_grad()
 def torch_references(
     model: TrailModel, features: Sequence[ItemFeatures]

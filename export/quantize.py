@@ -377,7 +377,7 @@ def quantize_export(
     the caller writes the verdict.
     """
     from export import INT8_OUTLIER_RATIO
-    from export.onnx_export import validation_features
+    from model.tiny import validation_features
 
     fp32 = OrtTrailModel(export_dir, providers=[CPU], verify=False)
     calibration = validation_features(CALIBRATION_PROMPTS, seed=5)

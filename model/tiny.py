@@ -1,14 +1,10 @@
-"""A tiny stand-in for the base model, and synthetic item features, for fast tests.
-
-:func:`build_tiny_model` writes a directory that loads wherever a base-model path is accepted
-(``AutoTokenizer`` / ``AutoModelForCausalLM``): a byte-level BPE tokenizer with a 512-token
-vocabulary trained on generated prompts and explanations, SmolLM2's ChatML template and special
-tokens, and a randomly initialised two-layer Llama. It takes a second or two, so tests of
-training, export and serving can run end to end without the 135M-parameter model.
+"""Synthetic item features: realistic inputs for tests, prompts' checks and export validation.
 
 :func:`synthetic_features` draws realistic, internally consistent :class:`ItemFeatures` (EW
 means, momentum, slope and the rest computed from a generated count history, exactly as their
-definitions say). It needs no torch; only :func:`build_tiny_model` imports it, lazily.
+definitions say); :func:`validation_features` is a reproducible set of them covering every
+trend shape, the one an export is validated and calibrated on. It needs no torch. The tiny
+stand-in for the base model that tests train on is :mod:`model.tiny_lm`, which builds on these.
 
 >>> f = synthetic_features(random.Random(0), shape="new")
 >>> f.age_windows <= 1, f.trend
@@ -19,13 +15,11 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from model.base import IM_END
-from model.explain import NEW_MAX_AGE, read_signals, verbalize
+from model.explain import NEW_MAX_AGE, read_signals
 from schemas.records import ItemFeatures
 
 Shape = Literal["rising", "falling", "steady", "new", "spiky"]
@@ -46,12 +40,6 @@ _TITLE_SECOND = (
     "River", "Empire", "Kingdom", "Summer", "Storm", "Garden", "Mirror", "Road", "Heart",
     "Machine", "Island", "Letter", "Secret", "Voyage", "Dance",
 )  # fmt: skip
-
-#: Special tokens shared with SmolLM2 (ChatML), so code written against one works with both.
-ENDOFTEXT = "<|endoftext|>"
-IM_START = "<|im_start|>"
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
-
 
 def _ew_mean(history: list[float], half_life: float) -> float:
     # Windows before the item was first seen had zero events, so the mean starts at zero.
@@ -198,104 +186,11 @@ def synthetic_features(
     return ItemFeatures.model_validate(fields)
 
 
-def training_texts(count: int, seed: int = 0) -> list[str]:
-    """ChatML conversations (system, prompt, verbalized explanation) for tokenizer training.
+def validation_features(count: int, seed: int = 0) -> list[ItemFeatures]:
+    """Realistic item signals for validation: every trend shape, window length and metadata.
 
-    >>> texts = training_texts(3)
-    >>> len(texts), texts[0].startswith("<|im_start|>system")
-    (3, True)
+    >>> [f.trend for f in validation_features(3)] == [f.trend for f in validation_features(3)]
+    True
     """
-    from model.prompts import chat_messages
-
-    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not security
-    texts = []
-    for i in range(count):
-        features = synthetic_features(rng)
-        predicted = math.log1p(features.count * rng.uniform(0.5, 2.0))
-        explanation = verbalize(features, predicted, variant=i)
-        turns = chat_messages(features, explanation)
-        texts.append("".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in turns))
-    return texts
-
-
-def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random Llama and a trained 512-token tokenizer to ``out_dir``.
-
-    Parameters
-    ----------
-    out_dir
-        Directory to create (or overwrite files in).
-    seed
-        Seeds both the training texts and the weights: equal seeds give equal models.
-
-    Returns
-    -------
-    Path
-        ``out_dir``, loadable with ``AutoTokenizer.from_pretrained`` and
-        ``AutoModelForCausalLM.from_pretrained`` like the cached SmolLM2 directory:
-        ChatML template, EOS = PAD = ``<|im_end|>``, no BOS prepended, tied embeddings.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from model.base import SMOLLM2_CHAT_TEMPLATE
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    backend = Tokenizer(models.BPE())
-    # Digits one by one, like SmolLM2: numbers are the signal and must tokenize uniformly.
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(training_texts(300, seed), trainer=trainer)
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=IM_START,
-        eos_token=IM_END,
-        pad_token=IM_END,
-        unk_token=ENDOFTEXT,
-        model_max_length=256,
-        chat_template=SMOLLM2_CHAT_TEMPLATE,
-        # Like Llama tokenizers: no token_type_ids, which a causal LM's generate() rejects.
-        model_input_names=["input_ids", "attention_mask"],
-    )
-    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
-    bos_id = tokenizer.convert_tokens_to_ids(IM_START)
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=bos_id,
-        eos_token_id=im_end_id,
-        pad_token_id=im_end_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    generation = model.generation_config
-    if generation is not None:  # always set for a causal LM; the check is for the type checker
-        generation.eos_token_id = im_end_id
-        generation.pad_token_id = im_end_id
-        generation.bos_token_id = bos_id
-
-    tokenizer.save_pretrained(out_dir)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return out_dir
+    rng = random.Random(seed)  # noqa: S311 - reproducible validation inputs, not security
+    return [synthetic_features(rng, shape=SHAPES[i % len(SHAPES)]) for i in range(count)]

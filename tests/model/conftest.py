@@ -10,7 +10,7 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
-from model.tiny import build_tiny_model
+from model.tiny_lm import build_tiny_model
 
 DAY = 86_400
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from export.manifest import MANIFEST_FILE, ModelLoadError, write_manifest
-from export.onnx_export import export_model, validation_features
+from export.onnx_export import export_model
 from export.reload import ReloadingScorer
 from export.runtime import OrtTrailModel, OrtTrailScorer
 from export.sessions import CPU
 from model.explain import forecast_sentence
 from model.scorer import TrailScorer, adapter_version
+from model.tiny import validation_features
 from model.trail import TrailConfig, TrailModel
 from streams.cli import main as trail
 from streams.engine import Engine, EngineConfig, WindowResult

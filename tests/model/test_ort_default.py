@@ -25,14 +25,13 @@ from export.manifest import (
     PROMPT_FILE,
     ModelLoadError,
 )
-from export.onnx_export import validation_features
 from export.runtime import OrtTrailModel, OrtTrailScorer, choose_precision
 from export.sessions import CPU, CUDA
 from export.tokenizer import ExportTokenizer
 from model.explain import forecast_sentence
 from model.prompts import PromptEncoder, build_prompt, chat_pieces, chat_prompt
 from model.scorer import TrailScorer
-from model.tiny import SHAPES, synthetic_features
+from model.tiny import SHAPES, synthetic_features, validation_features
 from model.trail import TrailConfig, TrailModel
 from streams.cli import main as trail
 from streams.registry import cached_trail_scorer, language_model_scorer_factory

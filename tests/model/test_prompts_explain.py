@@ -575,7 +575,7 @@ def test_number_and_item_perturbations_fail(kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.tiny import build_tiny_model
+    from model.tiny_lm import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
@@ -612,7 +612,7 @@ def test_tiny_model_loads_and_generates(tiny_dir: Path) -> None:
 def test_tiny_model_is_reproducible(tiny_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from model.tiny import build_tiny_model
+    from model.tiny_lm import build_tiny_model
 
     again = build_tiny_model(tmp_path / "again", seed=0)
     assert (again / "tokenizer.json").read_text() == (tiny_dir / "tokenizer.json").read_text()

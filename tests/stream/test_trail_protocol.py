@@ -52,7 +52,7 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TRAIL adapter on the tiny random Llama whose LoRA and score head are not zero (as if
     trained): a fresh head is zero, and an LM that adds nothing would leave the ranker's
     ranking, which test_ranker_protocol already checks."""
-    from model.tiny import build_tiny_model
+    from model.tiny_lm import build_tiny_model
     from model.trail import TrailConfig, TrailModel
 
     base = build_tiny_model(tmp_path_factory.mktemp("tiny"))
