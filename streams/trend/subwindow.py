@@ -38,6 +38,7 @@ from streams.trend.stats import (
     RecentCounts,
     gather,
     grown,
+    set_rows,
 )
 from streams.trend.users import (
     HashArray,
@@ -120,7 +121,7 @@ class ContinuousDecay:
     def fold(self, rows: IndexArray, values: FloatArray, at: float) -> None:
         """Add ``values`` (already decayed to ``at``) to ``rows`` and move them to ``at``."""
         self._reserve(rows)
-        self._values[rows] = self.get(rows, at) + values
+        set_rows(self._values, rows, self.get(rows, at) + values)
         self._at[rows] = at
         units = self._whole_units(at)
         self._units[rows] = NOT_WHOLE if units is None else units
