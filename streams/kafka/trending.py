@@ -16,15 +16,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from schemas import TrendingItem, TrendingSnapshot
 from streams.kafka.clients import Reader, TopicPartition
 from streams.settings import Settings
+from streams.trend.catalog import rank_positions, tie_ranks
 from streams.trend.windows import WindowSpec
 
 log = logging.getLogger("trail.worker")
@@ -37,23 +39,17 @@ def partials_topic(settings: Settings) -> str:
     return f"{settings.app_id}-trending-partials"
 
 
-def _id_sort_key(item_ids: Sequence[str]) -> Callable[[str], Any]:
-    try:
-        for item_id in item_ids:
-            int(item_id)
-    except ValueError:
-        return lambda item_id: item_id
-    return int
-
-
 def merge_trending(snapshots: Sequence[TrendingSnapshot], top_n: int) -> TrendingSnapshot:
     """The global top-N of one window from each partition's top-N (items are disjoint across
-    partitions). Ties: item id ascending, numerically when every id is an integer."""
+    partitions), ranked exactly as one engine ranks the same items: by score rounded to
+    ``SCORE_DECIMALS`` descending, ties by item id, numerically when every id is an integer
+    (:func:`streams.trend.catalog.rank_positions`)."""
     if not snapshots:
         raise ValueError("nothing to merge")
-    items = [item for snapshot in snapshots for item in snapshot.items]
-    id_key = _id_sort_key([item.item_id for item in items])
-    items.sort(key=lambda item: (-round(item.score, 9), id_key(item.item_id)))
+    partials = [item for snapshot in snapshots for item in snapshot.items]
+    scores = np.array([item.score for item in partials], dtype=np.float64)
+    order = rank_positions(scores, tie_ranks([item.item_id for item in partials]))
+    items = [partials[position] for position in order.tolist()]
     versions = sorted({s.model_version for s in snapshots})
     first = snapshots[0]
     return TrendingSnapshot(

@@ -15,10 +15,12 @@ import pytest
 
 from model.base import cached_model_dir
 from model.sasrec.data import tie_order
+from schemas import TrendingItem, TrendingSnapshot
 from streams.cli import COMMANDS, build_parser, main, settings_from_args
 from streams.eventlog import load_events
+from streams.kafka.trending import merge_trending
 from streams.settings import Settings
-from streams.trend.catalog import ItemCatalog, id_order
+from streams.trend.catalog import ItemCatalog, id_order, rank_positions, tie_ranks
 from streams.trend.folders import default_cache_dir
 from streams.trend.windows import DEFAULT_WINDOW
 
@@ -205,3 +207,37 @@ def test_item_ids_beyond_64_bits_are_ranked_numerically(tmp_path: Path) -> None:
     assert main([*argv, "--predictions-out", str(out), "--print-top", "0", "--no-progress"]) == 0
     rankings = [p["ranking"] for p in _predictions(out)]
     assert rankings and all(r == ["7", "30", big] for r in rankings)
+
+
+def _partition_top(items: list[tuple[str, float]]) -> TrendingSnapshot:
+    return TrendingSnapshot(
+        window_start=0,
+        window_end=DAY,
+        model_version="m@1",
+        items=tuple(
+            TrendingItem(item_id=i, rank=r, score=s) for r, (i, s) in enumerate(items, start=1)
+        ),
+        changed_items=len(items),
+        events=float(len(items)),
+    )
+
+
+@pytest.mark.parametrize("ids", [ids for ids in TRICKY_IDS if len(ids) >= 2])
+def test_the_trending_merge_ranks_as_the_engine_does(ids: list[str]) -> None:
+    """The global trending list orders the partitions' items exactly as one engine ranks the
+    same scores and ids (``rank_positions`` over ``tie_ranks``).
+
+    Catches the merge's own copy of the order beside the engine's: it rounded with Python's
+    ``round(score, 9)`` where the engine rounds with numpy, and the two differ at
+    0.4030967245 (Python rounds it up to the next item's 0.403096725, a tie that the ids then
+    break; numpy rounds it down, below that item whatever the ids). The lower score goes to
+    the id that comes first in the tie order, so that only the rounding can put it first."""
+    first, second = id_order(ids).tolist()[:2]
+    scores = [0.5] * len(ids)
+    scores[first], scores[second] = 0.4030967245, 0.403096725
+    items = list(zip(ids, scores, strict=True))
+    merged = merge_trending([_partition_top(items[0::2]), _partition_top(items[1::2])], len(ids))
+    order = rank_positions(np.array(scores), tie_ranks(ids)).tolist()
+    assert [i.item_id for i in merged.items] == [ids[p] for p in order]
+    assert [i.rank for i in merged.items] == list(range(1, len(ids) + 1))
+
