@@ -6,7 +6,6 @@ between windows, keeping the old one when the new one does not load.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -189,9 +188,3 @@ class ReloadingScorer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.watcher.current.load_state_dict(state)
-
-    async def score_async(self, features: FeatureFrame) -> FloatArray:
-        return await asyncio.to_thread(self.score, features)
-
-    async def explain_async(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
-        return await asyncio.to_thread(self.explain, features, scores)

@@ -22,12 +22,11 @@ This module imports no torch and, for exports with ``prompt.json``, no transform
 are tokenized with ``tokenizers`` directly, their template pieces once. The prior, the
 forecast sentence, the cascade and the explanation guard are the torch-free ones the PyTorch
 scorer uses too. All ORT work is synchronous; an asyncio caller runs it off the event loop
-with :meth:`OrtTrailScorer.score_async` / :meth:`OrtTrailScorer.explain_async`.
+with ``asyncio.to_thread`` (ORT releases the GIL while it computes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -56,7 +55,6 @@ from model.priors import prior_log_count
 from model.prompts import ChatPieces, PromptEncoder, build_prompt, chat_pieces, chat_prompt
 from model.scorer import CascadeScorer
 from schemas import ItemFeatures
-from streams.trend.features import FeatureFrame
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -430,10 +428,3 @@ class OrtTrailScorer(CascadeScorer):
 
     def _rescore(self, records: list[Any]) -> FloatArray:
         return np.asarray(self.model.score(records, self.batch_size), dtype=np.float64)
-
-    async def score_async(self, features: FeatureFrame) -> FloatArray:
-        """:meth:`score` in a worker thread: ORT releases the GIL, the event loop keeps going."""
-        return await asyncio.to_thread(self.score, features)
-
-    async def explain_async(self, features: FeatureFrame, scores: FloatArray) -> list[str | None]:
-        return await asyncio.to_thread(self.explain, features, scores)

@@ -305,14 +305,25 @@ def test_reloading_scorer_swaps_exports_between_windows(
     assert ReloadingScorer(folder, providers=[CPU]).version == "trail@second+onnx"
 
 
-def test_score_async_runs_off_the_event_loop(exported: Path, events: Path) -> None:
+def test_an_asyncio_caller_scores_off_the_event_loop(exported: Path, events: Path) -> None:
+    """An asyncio caller runs the ORT scorer's synchronous work in a worker thread
+    (``asyncio.to_thread``, as the runtime's docstring says): the scores are a direct call's,
+    and the explanations come back whole.
+
+    Catches a scorer bound to the thread that built it (sessions, tokenizer or cached state
+    that another thread cannot use or sees half-made)."""
     scorer = OrtTrailScorer(exported, rescore_top=3, providers=[CPU])
     engine = Engine(EngineConfig(TrendConfig(WindowSpec(7 * DAY)), explain_top=0), scorer)
     items, timestamps = _engine_events(events)
     features = engine.ingest_ids(items[:800], timestamps[:800])[-1].features
-    scores = asyncio.run(scorer.score_async(features))
+
+    async def off_the_loop() -> tuple[np.ndarray, list[str | None]]:
+        scores = await asyncio.to_thread(scorer.score, features)
+        top = features.take(np.arange(2))
+        return scores, await asyncio.to_thread(scorer.explain, top, scores[:2])
+
+    scores, texts = asyncio.run(off_the_loop())
     np.testing.assert_array_equal(scores, scorer.score(features))
-    texts = asyncio.run(scorer.explain_async(features.take(np.arange(2)), scores[:2]))
     assert all(t is not None and t.startswith("Forecast: about") for t in texts)
 
 
