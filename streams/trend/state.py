@@ -352,8 +352,8 @@ class TrendState:
         # Unit weights: integer counts are the exact sums of ones, found faster.
         counts: FloatArray = np.bincount(
             events.codes, weights=None if unit else events.weights, minlength=size
-        ).astype(np.float64)
-        changed: IndexArray = np.flatnonzero(counts > 0).astype(np.int64)
+        ).astype(np.float64, copy=False)
+        changed: IndexArray = np.flatnonzero(counts > 0)
         changed_counts = counts[changed]
         if len(events):
             self._last_busy = window

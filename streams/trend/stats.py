@@ -226,10 +226,15 @@ class RecentCounts:
 
     def update(self, rows: IndexArray, window: int, values: FloatArray) -> None:
         """Record ``values`` as the counts of ``rows`` in ``window``."""
-        self._reserve(rows)
         slot = window % self.k
-        self._counts[rows, slot] = values
-        self._stamps[rows, slot] = window
+        try:
+            # Through the column views: numpy's (rows, column) assignment is slower. A row
+            # past the arrays raises before anything is written.
+            self._counts[:, slot][rows] = values
+        except IndexError:
+            self._reserve(rows)
+            self._counts[:, slot][rows] = values
+        self._stamps[:, slot][rows] = window
 
     def get(self, rows: IndexArray, window: int) -> FloatArray:
         """Counts of windows ``window - k + 1 .. window`` for ``rows``."""

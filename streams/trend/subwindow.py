@@ -100,18 +100,17 @@ class ContinuousDecay:
         return None
 
     def contributions(self, codes: IndexArray, times: FloatArray, weights: FloatArray | None,
-                      at: float, rows: IndexArray) -> FloatArray:
+                      at: float, rows: IndexArray, size: int) -> FloatArray:
         """The events of each of ``rows`` decayed to time ``at``: ``len(rows) x len(half_lives)``.
 
-        ``rows`` must hold every code of ``codes``; ``weights`` None means every weight is 1
-        (multiplying by 1.0 changes no bit, so it is skipped).
+        ``rows`` must hold every code of ``codes``, all below ``size``; ``weights`` None means
+        every weight is 1 (multiplying by 1.0 changes no bit, so it is skipped).
         """
         # One row of factors per half-life, events along the row: the long axis innermost
         # (numpy loops over a short inner axis slowly) and each bincount reads a contiguous row.
         factors = np.exp2(-(at - times)[None, :] / self.half_lives[:, None])
         if weights is not None:
             factors *= weights[None, :]
-        size = int(rows.max()) + 1 if rows.size else 0
         result = np.empty((rows.shape[0], self.half_lives.shape[0]))
         for column in range(self.half_lives.shape[0]):
             sums = np.bincount(codes, weights=factors[column], minlength=size)
@@ -182,13 +181,13 @@ def _sums(codes: IndexArray, weights: FloatArray | None, size: int) -> FloatArra
     if weights is None:
         counts: FloatArray = np.bincount(codes, minlength=size).astype(np.float64)
         return counts
-    sums: FloatArray = np.bincount(codes, weights=weights, minlength=size)
+    sums: FloatArray = np.asarray(np.bincount(codes, weights=weights, minlength=size), np.float64)
     return sums
 
 
 def _present(codes: IndexArray, size: int) -> IndexArray:
     """The distinct codes, ascending: a count per code instead of a hash per event."""
-    present: IndexArray = np.flatnonzero(np.bincount(codes, minlength=size)).astype(np.int64)
+    present: IndexArray = np.flatnonzero(np.bincount(codes, minlength=size))
     return present
 
 
@@ -334,7 +333,7 @@ class SubWindowSignals:
             unit = events.unit_weights()
         if rows.shape[0]:
             contributions = self.decay.contributions(
-                codes, times, None if unit else weights, end, rows
+                codes, times, None if unit else weights, end, rows, size
             )
             self.decay.fold(rows, contributions, end)
             late_quarter = times >= end - length / 4
@@ -367,10 +366,15 @@ class SubWindowSignals:
         pairs = _distinct(codes * n_people + person)
         pair_items, pair_people = pairs // n_people, pairs % n_people
         distinct = np.bincount(pair_items, minlength=size).astype(np.float64)
-        returning: FloatArray = np.bincount(
-            pair_items, weights=returning_person[pair_people].astype(np.float64), minlength=size
-        ).astype(np.float64)
-        rows = np.flatnonzero(distinct).astype(np.int64)
+        returning: FloatArray = np.asarray(
+            np.bincount(
+                pair_items,
+                weights=returning_person[pair_people].astype(np.float64),
+                minlength=size,
+            ),
+            np.float64,
+        )
+        rows: IndexArray = np.flatnonzero(distinct)
         self.users.update(rows, window, distinct[rows])
         self.returning.update(rows, window, returning[rows])
         self.returning_ew.update(rows, window, returning[rows])
@@ -384,6 +388,7 @@ class SubWindowSignals:
                 None if unit else events.weights[by_returning],
                 end,
                 returning_rows,
+                size,
             )
             self.decay_returning.fold(returning_rows, contributions, end)
         if self._previous_window == window - 1 and self._previous_items.shape[0]:
@@ -395,15 +400,15 @@ class SubWindowSignals:
             again = np.bincount(
                 self._previous_items, weights=came_back.astype(np.float64), minlength=size
             )
-            rate_rows = np.flatnonzero(before).astype(np.int64)
+            rate_rows = np.flatnonzero(before)
             self._rate[rate_rows] = again[rate_rows] / before[rate_rows]
             self._rate_stamp[rate_rows] = window
         # Only the new people: the ones found seen above need no second look-up.
-        self.seen.add(people[~returning_person])
+        self.seen.add_new(people[~returning_person])
         self._previous_window = window
-        self._previous_items = pair_items.astype(np.int64)
+        self._previous_items = pair_items.astype(np.int64, copy=False)
         self._previous_people = people
-        self._previous_pair_people = pair_people.astype(np.int64)
+        self._previous_pair_people = pair_people.astype(np.int64, copy=False)
         self.window_users = int(people.shape[0])
 
     def get(self, rows: IndexArray, window: int) -> SubWindowFeatures:

@@ -68,6 +68,10 @@ class SeenUsers(Protocol):
 
     def add(self, hashes: HashArray) -> None: ...
 
+    def add_new(self, hashes: HashArray) -> None:
+        """Add ``hashes`` known to be distinct and not yet in the set."""
+        ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
 
@@ -99,8 +103,12 @@ class ExactSeenUsers:
         return found
 
     def add(self, hashes: HashArray) -> None:
-        fresh = np.unique(hashes[~self.contains(hashes)])
-        if fresh.shape[0]:
+        self.add_new(np.unique(hashes[~self.contains(hashes)]))
+
+    def add_new(self, hashes: HashArray) -> None:
+        """Add ``hashes`` known to be distinct and not yet in the set (no second look-up)."""
+        if hashes.shape[0]:
+            fresh = np.sort(hashes)
             # New users are few per window: one insertion pass keeps the array sorted.
             self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, fresh), fresh)
 
@@ -157,12 +165,15 @@ class BloomSeenUsers:
         return found
 
     def add(self, hashes: HashArray) -> None:
-        fresh = np.unique(hashes[~self.contains(hashes)])
-        positions = self._positions(fresh).ravel()
+        self.add_new(np.unique(hashes[~self.contains(hashes)]))
+
+    def add_new(self, hashes: HashArray) -> None:
+        """Add ``hashes`` known to be distinct and not reported as seen by :meth:`contains`."""
+        positions = self._positions(hashes).ravel()
         bytes_ = (positions >> np.uint64(3)).astype(np.int64)
         values = (np.uint8(1) << (positions & np.uint64(7)).astype(np.uint8)).astype(np.uint8)
         np.bitwise_or.at(self._array, bytes_, values)
-        self._added += int(fresh.shape[0])
+        self._added += int(hashes.shape[0])
 
     def false_positive_rate(self) -> float:
         """The chance that a user never added is reported as seen, at the current fill."""

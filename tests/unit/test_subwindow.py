@@ -221,7 +221,7 @@ def test_continuous_decay_reads_the_exact_bits_of_its_definition() -> None:
     times = rng.uniform(0, W, 500)
     weights = rng.uniform(0.5, 2.0, 500)
     present = np.unique(codes)
-    got = decay.contributions(codes, times, weights, float(W), present)
+    got = decay.contributions(codes, times, weights, float(W), present, 9)
     for column, h in enumerate(half_lives):
         factors = np.exp2(-(W - times) / h) * weights
         want = np.bincount(codes, weights=factors)[present]
