@@ -279,14 +279,14 @@ class Engine:
         features = state.features(state.seen_rows(), window.index)
         # Retraining rows: items with events in any of the recent windows (what an online
         # ranker picks its candidates from, and what snapshots export).
-        active = np.flatnonzero((features.recent > 0).any(axis=1))
-        self._pending_snapshot = (features, active.astype(np.int64))
+        active = _any_positive_row(features.recent)
+        self._pending_snapshot = (features, active)
         scored = self.score_from_window is None or window.index >= self.score_from_window
         if scored and len(features):
             scores = np.asarray(self.scorer.score(features), dtype=np.float64)
         else:
             scores = np.zeros(len(features))
-        order = rank_positions(scores, state.catalog.tie_order()[features.rows])
+        order = rank_positions(scores, state.catalog.tie_order().take(features.rows))
         rank_of = np.empty_like(order)
         rank_of[order] = np.arange(order.shape[0])
         explanations: dict[int, str] = {}
@@ -308,3 +308,20 @@ class Engine:
             top_n=self.config.top_n,
             _rank_of=rank_of,
         )
+
+
+def _any_positive_row(values: FloatArray) -> IndexArray:
+    """Positions of the rows with a value above 0: ``np.flatnonzero((values > 0).any(1))``,
+    a column at a time (a reduction over a short row runs one inner loop per row).
+
+    >>> _any_positive_row(np.array([[0.0, 1.0], [0.0, -1.0], [2.0, 0.0]])).tolist()
+    [0, 2]
+    """
+    if values.ndim != 2 or values.shape[1] == 0:
+        rows: IndexArray = np.flatnonzero((values > 0).any(axis=-1)).astype(np.int64)
+        return rows
+    positive = values[:, 0] > 0
+    for column in range(1, values.shape[1]):
+        positive |= values[:, column] > 0
+    rows = np.flatnonzero(positive).astype(np.int64, copy=False)
+    return rows
