@@ -3,10 +3,10 @@
 Per event the work is O(1) and batched: find the event's window and append it to that
 window's buffer. Only at a window's close do the statistics of the items that changed move,
 once each, in one vectorised step over that window's events (whole-window counts here,
-sub-window and audience signals in :mod:`streams.trend.subwindow`). Windows with no events
-cost nothing however many lie between two events: the clock jumps over them. Everything
-round-trips through a plain, versioned dict (no pickle), so it can live in a changelog topic
-or a JSON file.
+sub-window and audience signals in :mod:`streams.trend.subwindow`, category means in
+:mod:`streams.trend.categories`). Windows with no events cost nothing however many lie
+between two events: the clock jumps over them. Everything round-trips through a plain,
+versioned dict (no pickle), so it can live in a changelog topic or a JSON file.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
 
 from schemas import ItemMeta
 from streams.trend.catalog import ItemCatalog
+from streams.trend.categories import CategoryStats
 from streams.trend.features import FeatureFrame, TrendThresholds
 from streams.trend.stats import (
     DecayingMeans,
@@ -30,33 +30,12 @@ from streams.trend.stats import (
 )
 from streams.trend.subwindow import UNKNOWN_USER, SubWindowSignals, WindowEvents
 from streams.trend.users import HashArray, hash_user_ids
-from streams.trend.windows import WindowSpec
+from streams.trend.windows import WindowSpec, floor_divide
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
 
 STATE_VERSION = 2
-
-
-def floor_divide(values: FloatArray, length: int) -> FloatArray:
-    """``np.floor_divide(values, length)``, the same values, about three times faster.
-
-    The floor of the rounded quotient is checked against the exact products (whole numbers
-    below 2**53 times an integer length are exact); only where it fails, or for non-finite
-    values, does numpy's floor division (an fmod per value) run.
-
-    >>> floor_divide(np.array([0.0, 9.999999999999, 10.0, 25.0, -1.0, np.nan]), 10).tolist()
-    [0.0, 0.0, 1.0, 2.0, -1.0, nan]
-    """
-    quotient = np.floor(values / length)
-    exact = (quotient * length <= values) & (values < (quotient + 1.0) * length)
-    exact &= np.abs(quotient) < 2.0**52
-    if not exact.all():
-        wrong = np.flatnonzero(~exact)
-        quotient[wrong] = np.floor_divide(values[wrong], length)
-    result: FloatArray = quotient
-    return result
-
 REQUIRED_HALF_LIVES = (1.0, 2.0, 4.0, 8.0)
 
 
@@ -189,11 +168,7 @@ class TrendState:
         self.skipped_windows = 0
         # The last window that had events when it closed (for the empty-window rule).
         self._last_busy: int | None = None
-        # Category statistics: a short and a long EW mean per category.
-        self._category_names: list[str] = []
-        self._category_index: dict[str, int] = {}
-        self._category_means = DecayingMeans((1.0, 8.0))
-        self._membership_cache: sparse.csr_matrix | None = None
+        self.categories = CategoryStats(self.catalog)
 
     # ----------------------------------------------------------------- ingest
     def _reserve(self, size: int) -> None:
@@ -363,7 +338,7 @@ class TrendState:
         unseen = changed[self._first_window[changed] < 0]
         self._first_window[unseen] = window
         self._total[changed] += changed_counts
-        self._update_categories(changed, changed_counts, window)
+        self.categories.update(changed, changed_counts, window)
         self.sub.close(window, events, size, unit)
         self._last_events = total_events
         self.closed_through = window
@@ -378,11 +353,7 @@ class TrendState:
         """Register item metadata (titles, categories) used by prompts and category momentum."""
         items = list(items)
         self.catalog.add_metadata(items)
-        for meta in items:
-            for name in meta.categories:
-                if name not in self._category_index:
-                    self._category_index[name] = len(self._category_names)
-                    self._category_names.append(name)
+        self.categories.register(items)
 
     def set_metadata(self, item_id: str, meta: ItemMeta | None) -> bool:
         """Make ``meta`` the metadata of ``item_id`` (None: it has none); whether it changed.
@@ -401,57 +372,18 @@ class TrendState:
         before = current.categories if current is not None else ()
         if before != (meta.categories if meta is not None else ()):
             # Same shape, other members: the cached matrix would still count the old ones.
-            self._membership_cache = None
+            self.categories.members_changed()
         return True
 
     @property
     def category_names(self) -> tuple[str, ...]:
         """The category names in the order the category statistics are indexed by."""
-        return tuple(self._category_names)
+        return self.categories.names
 
     def restore_category_names(self, names: Iterable[str]) -> None:
         """Index the category statistics by ``names`` (saved with :attr:`category_names`):
         once a category was replaced, the metadata alone no longer gives the order back."""
-        if self._category_names or self.catalog.meta:
-            raise RuntimeError("category names can only be restored into a state without any")
-        self._category_names = [str(name) for name in names]
-        self._category_index = {name: i for i, name in enumerate(self._category_names)}
-        self._membership_cache = None
-
-    def _membership(self) -> sparse.csr_matrix:
-        """Items x categories 0/1 matrix, rebuilt only when the catalog or metadata grew."""
-        shape = (len(self.catalog), len(self._category_names))
-        if self._membership_cache is None or self._membership_cache.shape != shape:
-            rows: list[int] = []
-            columns: list[int] = []
-            for item_id, meta in self.catalog.meta.items():
-                code = self.catalog.code(item_id)
-                for name in meta.categories:
-                    rows.append(code)
-                    columns.append(self._category_index[name])
-            shape = (len(self.catalog), len(self._category_names))
-            data = np.ones(len(rows))
-            self._membership_cache = sparse.csr_matrix((data, (rows, columns)), shape=shape)
-        return self._membership_cache
-
-    def _update_categories(self, changed: IndexArray, counts: FloatArray, window: int) -> None:
-        if not self._category_names or changed.shape[0] == 0:
-            return
-        totals = np.asarray(self._membership()[changed].T @ counts).ravel()
-        active = np.flatnonzero(totals > 0).astype(np.int64)
-        self._category_means.update(active, window, totals[active])
-
-    def _category_momentum(self, rows: IndexArray, window: int) -> FloatArray:
-        if not self._category_names:
-            return np.full(rows.shape[0], np.nan)
-        all_categories = np.arange(len(self._category_names), dtype=np.int64)
-        means = self._category_means.get(all_categories, window)
-        momentum = (means[:, 0] + 1.0) / (means[:, 1] + 1.0)
-        membership = self._membership()[rows]
-        members = np.asarray(membership.sum(axis=1)).ravel()
-        summed = np.asarray(membership @ momentum).ravel()
-        result: FloatArray = np.where(members > 0, summed / np.maximum(members, 1), np.nan)
-        return result
+        self.categories.restore_names(names)
 
     def counts_in(self, rows: IndexArray, window: int) -> FloatArray:
         """Counts of ``rows`` in ``window``, the window just closed."""
@@ -495,7 +427,7 @@ class TrendState:
             burstiness=burstiness(recent),
             age_windows=age,
             share=share,
-            category_momentum=self._category_momentum(rows, window),
+            category_momentum=self.categories.momentum(rows, window),
             trend=self.config.thresholds.categorise(momentum, age),
             decayed=sub.decayed,
             decayed_returning=sub.decayed_returning,
@@ -538,7 +470,7 @@ class TrendState:
             "total": self._total[:size].tolist(),
             "means": self._means.state_dict(size),
             "recent": self._recent.state_dict(size),
-            "category_means": self._category_means.state_dict(len(self._category_names)),
+            "category_means": self.categories.means.state_dict(len(self.categories.names)),
             "open": {
                 str(window): WindowEvents.concat(chunks).state_dict()
                 for window, chunks in self._open.items()
@@ -570,7 +502,7 @@ class TrendState:
         state._total[:size] = np.asarray(data["total"], dtype=np.float64)
         state._means = DecayingMeans.from_state_dict(data["means"])
         state._recent = RecentCounts.from_state_dict(data["recent"])
-        state._category_means = DecayingMeans.from_state_dict(data["category_means"])
+        state.categories.means = DecayingMeans.from_state_dict(data["category_means"])
         for window_text, open_window in data["open"].items():
             state._open[int(window_text)] = [WindowEvents.from_state_dict(open_window)]
         state.sub = SubWindowSignals.from_state_dict(data["sub"])

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from river import stats as river_stats
 
-from streams.trend.state import floor_divide
 from streams.trend.stats import (
     MAX_TABLE_GAP,
     DecayingMeans,
@@ -15,6 +14,7 @@ from streams.trend.stats import (
     burstiness,
     slope_and_acceleration,
 )
+from streams.trend.windows import floor_divide
 
 
 @pytest.mark.parametrize("half_life", [1.0, 2.0, 4.0, 8.0])
