@@ -204,6 +204,11 @@ class RecentCounts:
     holds: an update writes one slot and a read keeps the slots whose stamp is in range, so
     neither shifts anything and items that did not change are never touched.
 
+    Reads of the newest window (every close reads it for every seen item) come from a second
+    ring in which each slot holds its window's count or 0: when the ring moves on to a new
+    window, that window's slot is cleared for every item at once (one column), so such a
+    read needs no stamps at all.
+
     >>> recent = RecentCounts(k=3)
     >>> recent.update(np.array([0, 1]), window=5, values=np.array([2.0, 7.0]))
     >>> recent.update(np.array([0]), window=6, values=np.array([3.0]))
@@ -217,12 +222,29 @@ class RecentCounts:
         self.k = k
         self._counts = np.zeros((0, k))
         self._stamps = np.full((0, k), -1, dtype=np.int64)
+        # The counts of windows head - k + 1 .. head, zero where an item had none.
+        self._current = np.zeros((0, k))
+        self._head: int | None = None
 
     def _reserve(self, rows: IndexArray) -> None:
         if rows.size:
             size = int(rows.max()) + 1
             self._counts = grown(self._counts, size, 0.0)
             self._stamps = grown(self._stamps, size, -1)
+            self._current = grown(self._current, size, 0.0)
+
+    def _advance(self, window: int) -> int:
+        """Move the current ring on to ``window``: the slots of the windows it passes are
+        cleared for every item. Returns the head, the newest window of the ring."""
+        if self._head is not None and window <= self._head:
+            return self._head
+        first = window - self.k + 1
+        if self._head is not None:
+            first = max(first, self._head + 1)
+        for passed in range(first, window + 1):
+            self._current[:, passed % self.k] = 0.0
+        self._head = window
+        return window
 
     def update(self, rows: IndexArray, window: int, values: FloatArray) -> None:
         """Record ``values`` as the counts of ``rows`` in ``window``."""
@@ -235,16 +257,28 @@ class RecentCounts:
             self._reserve(rows)
             self._counts[:, slot][rows] = values
         self._stamps[:, slot][rows] = window
+        head = self._advance(window)
+        # An update of a window older than the ring's span overwrites a slot the current
+        # ring reads for a newer window: that window's count is gone for these rows.
+        self._current[:, slot][rows] = values if window > head - self.k else 0.0
 
     def get(self, rows: IndexArray, window: int) -> FloatArray:
         """Counts of windows ``window - k + 1 .. window`` for ``rows``."""
+        first = window - self.k + 1
+        slots = np.arange(first, window + 1, dtype=np.int64) % self.k
+        if window == self._head:
+            try:
+                current_ring: FloatArray = gather(self._current, rows)[:, slots]
+                return current_ring
+            except IndexError:  # rows never updated, past the arrays: grow them
+                self._reserve(rows)
+                current_ring = gather(self._current, rows)[:, slots]
+                return current_ring
         try:
             stamps = gather(self._stamps, rows)
         except IndexError:  # rows never updated, past the arrays: grow them
             self._reserve(rows)
             stamps = gather(self._stamps, rows)
-        first = window - self.k + 1
-        slots = np.arange(first, window + 1, dtype=np.int64) % self.k
         # A slot's stamp is always congruent to the slot modulo k (an update writes slot
         # ``w % k`` with stamp ``w``; a never-written slot holds count 0), so "the stamp is
         # the window this column wants" is "the stamp lies in first..window": two scalar
@@ -263,12 +297,19 @@ class RecentCounts:
         [3.0, 0.0]
         """
         slot = window % self.k
+        if window == self._head:
+            try:
+                values: FloatArray = self._current[:, slot].take(rows)
+            except IndexError:  # rows never updated, past the arrays: grow them
+                self._reserve(rows)
+                values = self._current[:, slot].take(rows)
+            return values
         try:
             stamps = self._stamps[:, slot].take(rows)
         except IndexError:  # rows never updated, past the arrays: grow them
             self._reserve(rows)
             stamps = self._stamps[:, slot].take(rows)
-        values: FloatArray = np.where(stamps == window, self._counts[:, slot].take(rows), 0.0)
+        values = np.where(stamps == window, self._counts[:, slot].take(rows), 0.0)
         return values
 
     def state_dict(self, size: int) -> dict[str, Any]:
@@ -283,6 +324,16 @@ class RecentCounts:
         recent = cls(int(state["k"]))
         recent._counts = np.asarray(state["counts"], dtype=np.float64).reshape(-1, recent.k)
         recent._stamps = np.asarray(state["stamps"], dtype=np.int64).reshape(-1, recent.k)
+        # The current ring is derived: the newest stamp is its head (a later update without
+        # rows is not stamped anywhere; reads of it take the stamped path until the next
+        # update moves the ring on, clearing the slots it passes). Never-written slots are
+        # stamped -1 and hold 0, so they read the same either way.
+        recent._current = np.zeros_like(recent._counts)
+        if recent._stamps.size:
+            head = int(recent._stamps.max())
+            live = (recent._stamps > head - recent.k) & (recent._stamps <= head)
+            recent._current = np.where(live, recent._counts, 0.0)
+            recent._head = head
         return recent
 
 

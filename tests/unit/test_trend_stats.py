@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 from river import stats as river_stats
 
@@ -161,3 +162,41 @@ def test_floor_divide_gives_numpy_floor_division_bits() -> None:
         got = floor_divide(values, length)
         np.testing.assert_array_equal(got, want)
         assert (np.signbit(got) == np.signbit(want)).all()
+
+
+def test_recent_counts_agree_with_the_stamped_ring_under_any_update_order() -> None:
+    """Reads of the newest window come from a second ring cleared as windows pass; it must
+    agree with the stamped slots (the definition) after jumps past k windows, updates without
+    rows, updates of older windows (inside and beyond the ring's span), negative windows and a
+    restore from the state dict, at the newest window and others (catches a slot not cleared,
+    or a restored ring that reads stale counts)."""
+    rng = np.random.default_rng(12)
+    k, n = 4, 12
+    live = RecentCounts(k)
+    slots: dict[tuple[int, int], tuple[int, float]] = {}  # (row, slot) -> (stamp, count)
+
+    def expected(window: int) -> np.ndarray:
+        want = np.zeros((n, k))
+        for column, w in enumerate(range(window - k + 1, window + 1)):
+            for row in range(n):
+                stamp, value = slots.get((row, w % k), (-1, 0.0))
+                want[row, column] = value if stamp == w else 0.0
+        return want
+
+    window = -3
+    for step in range(160):
+        move = rng.choice(["next", "jump", "older", "ancient", "empty"], p=[.5, .1, .15, .1, .15])
+        target = {"next": window + 1, "jump": window + int(rng.integers(k, 3 * k)),
+                  "older": window - int(rng.integers(0, k)),
+                  "ancient": window - int(rng.integers(k, 3 * k)), "empty": window + 1}[move]
+        rows = np.flatnonzero(rng.random(n) < 0.4) if move != "empty" else np.zeros(0, int)
+        values = rng.integers(1, 9, rows.shape[0]).astype(float)
+        live.update(rows, int(target), values)
+        for row, value in zip(rows.tolist(), values.tolist(), strict=True):
+            slots[(row, int(target) % k)] = (int(target), value)
+        window = max(window, int(target))
+        if step % 40 == 39:
+            live = RecentCounts.from_state_dict(orjson.loads(orjson.dumps(live.state_dict(n))))
+        for read in (window, window - 1, window + 1):
+            np.testing.assert_array_equal(live.get(np.arange(n), read), expected(read))
+            np.testing.assert_array_equal(live.latest(np.arange(n), read), expected(read)[:, -1])
