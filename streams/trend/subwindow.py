@@ -191,8 +191,8 @@ def _present(codes: IndexArray, size: int) -> IndexArray:
     return present
 
 
-def _distinct(values: IndexArray) -> IndexArray:
-    """The distinct values, in no particular order (hashing, not sorting)."""
+def _distinct(values: npt.NDArray[np.integer[Any]]) -> IndexArray:
+    """The distinct values in the order they first appear (hashing, not sorting), as int64."""
     distinct: IndexArray = np.asarray(pd.unique(values), dtype=np.int64)
     return distinct
 
@@ -363,7 +363,11 @@ class SubWindowSignals:
         people = np.asarray(people, dtype=np.uint64)
         returning_person = self.seen.contains(people)
         n_people = max(int(people.shape[0]), 1)
-        pairs = _distinct(codes * n_people + person)
+        keys = codes * n_people + person
+        if size * n_people < 2**31:
+            # The hash table of 32-bit keys is smaller: the same distinct keys, same order.
+            keys = keys.astype(np.int32)
+        pairs = _distinct(keys)
         pair_items, pair_people = pairs // n_people, pairs % n_people
         distinct = np.bincount(pair_items, minlength=size).astype(np.float64)
         returning: FloatArray = np.asarray(
