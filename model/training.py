@@ -60,6 +60,7 @@ from model.training_checkpoints import (
     LEGACY_CHECKPOINT,
     CheckpointError,
     best_metrics,
+    checkpoint_run,
     load_checkpoint,
     load_weights,
     save_checkpoint,
@@ -384,8 +385,15 @@ def train(
         raise ValueError("no training windows with at least two items")
     model = TrailModel.from_base(model_config)
     initialised_from = None
-    if init_adapter is not None and not (resume and (out_dir / CHECKPOINT).exists()):
+    resuming = resume and (out_dir / CHECKPOINT).exists()
+    if init_adapter is not None and not resuming:
         initialised_from = _init_lora(model, init_adapter)
+    elif resuming:
+        initialised_from = checkpoint_run(out_dir / CHECKPOINT).get("initialised_from")
+        if initialised_from is None and init_adapter is not None:
+            # A checkpoint written before runs recorded their start: the flag, given again
+            # on resume, says where the weights started.
+            initialised_from = _adapter_record(init_adapter)
     model = model.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     trainable = [p for p in model.lm.parameters() if p.requires_grad]
@@ -463,7 +471,16 @@ def train(
                 f"faithfulness {metrics.get('val_faithfulness', float('nan')):.3f}"
             )
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(checkpoint_path, model, optimizer, done, history, validations, rng)
+            save_checkpoint(
+                checkpoint_path,
+                model,
+                optimizer,
+                done,
+                history,
+                validations,
+                rng,
+                run={"initialised_from": initialised_from},
+            )
     bar.close()
     if best is not None and best["step"] != config.steps:
         load_weights(best_path, model)
@@ -497,7 +514,7 @@ def _init_lora(model: TrailModel, adapter_dir: Path) -> dict[str, Any]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    manifest = read_adapter_manifest(adapter_dir)
+    read_adapter_manifest(adapter_dir)  # its files' hashes are checked before anything loads
     other = read_trail_config(adapter_dir)
     shape = ("base_model", "lora_rank", "lora_targets", "lora_top_fraction")
     differ = [k for k in shape if getattr(other, k) != getattr(model.config, k)]
@@ -511,6 +528,12 @@ def _init_lora(model: TrailModel, adapter_dir: Path) -> dict[str, Any]:
     result = set_peft_model_state_dict(model.lm, state)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"--init-adapter {adapter_dir}: tensors that fit no LoRA weight here")
+    return _adapter_record(adapter_dir)
+
+
+def _adapter_record(adapter_dir: Path) -> dict[str, Any]:
+    """Which adapter a run started from: its folder and its LoRA file's manifest entry."""
+    manifest = read_adapter_manifest(adapter_dir)
     return {"adapter": str(adapter_dir), "files": manifest.get("files", {}).get(LORA_FILE)}
 
 

@@ -94,8 +94,13 @@ def save_checkpoint(
     history: list[dict[str, float]],
     validations: list[dict[str, float]],
     rng: random.Random,
+    run: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint: tensors in safetensors, counters and settings as JSON metadata."""
+    """Write a checkpoint: tensors in safetensors, counters and settings as JSON metadata.
+
+    ``run`` is plain JSON about the run that a resumed run reports again (where its weights
+    started); :func:`checkpoint_run` reads it back.
+    """
     tensors = _model_tensors(model)
     optimizer_state = optimizer.state_dict()
     plain_state: dict[str, dict[str, Any]] = {}
@@ -114,6 +119,7 @@ def save_checkpoint(
         "validations": validations,
         "rng": [version, list(internal), gauss],
         "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain_state},
+        "run": dict(run or {}),
     }
     temporary = path.with_name(f".{path.name}.tmp")
     save_file(tensors, temporary, metadata={_STATE_KEY: json.dumps(state)})
@@ -191,3 +197,16 @@ def load_checkpoint(
             f"{path} does not fit this training run ({one_line(exc)[:300]}): {CHECKPOINT_FIX}"
         ) from exc
     return step, history, validations
+
+
+def checkpoint_run(path: Path) -> dict[str, Any]:
+    """The ``run`` record of a checkpoint (empty for checkpoints written without one)."""
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            state = json.loads((handle.metadata() or {})[_STATE_KEY])
+    except (OSError, SafetensorError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({one_line(exc)}): {CHECKPOINT_FIX}"
+        ) from exc
+    run = state.get("run") if isinstance(state, dict) else None
+    return dict(run) if isinstance(run, dict) else {}

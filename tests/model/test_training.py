@@ -491,6 +491,12 @@ def test_init_adapter_starts_from_its_lora_weights(
         init_adapter=tmp_path / "first",
     )
     assert manifest["initialised_from"]["adapter"] == str(tmp_path / "first")
+    # A resumed run still says where its weights started (the checkpoint carries it).
+    longer = TrainConfig(**{**frozen.__dict__, "steps": 2, "checkpoint_every": 1})
+    resumed = train(
+        [snapshots], tmp_path / "second", model_config=model_config, config=longer, progress=False
+    )
+    assert resumed["initialised_from"] == manifest["initialised_from"]
     first = load_file(tmp_path / "first" / "adapter_model.safetensors")
     second = load_file(tmp_path / "second" / "adapter_model.safetensors")
     assert first.keys() == second.keys()
