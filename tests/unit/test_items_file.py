@@ -384,7 +384,7 @@ def test_the_widget_names_items_from_its_catalog() -> None:
 def test_train_names_snapshot_rows_from_the_catalog(tmp_path: Path) -> None:
     """``trail train --items``: the rows of the catalog's items take its titles and categories
     (the others keep what the replay wrote)."""
-    from model.training import load_snapshot_windows
+    from model.training_data import load_snapshot_windows
     from streams.cli import build_parser
 
     events = _write(
