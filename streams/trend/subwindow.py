@@ -106,13 +106,22 @@ class ContinuousDecay:
         ``rows`` must hold every code of ``codes``, all below ``size``; ``weights`` None means
         every weight is 1 (multiplying by 1.0 changes no bit, so it is skipped).
         """
-        # One row of factors per half-life, events along the row: the long axis innermost
-        # (numpy loops over a short inner axis slowly) and each bincount reads a contiguous row.
-        factors = np.exp2(-(at - times)[None, :] / self.half_lives[:, None])
+        return self.sums(codes, self.factors(times, weights, at), rows, size)
+
+    def factors(self, times: FloatArray, weights: FloatArray | None, at: float) -> FloatArray:
+        """Each event's weight decayed to ``at``: one row per half-life, one column per event
+        (the long axis innermost: numpy loops over a short inner axis slowly, and each row is
+        contiguous for :meth:`sums`)."""
+        factors: FloatArray = np.exp2(-(at - times)[None, :] / self.half_lives[:, None])
         if weights is not None:
             factors *= weights[None, :]
-        result = np.empty((rows.shape[0], self.half_lives.shape[0]))
-        for column in range(self.half_lives.shape[0]):
+        return factors
+
+    @staticmethod
+    def sums(codes: IndexArray, factors: FloatArray, rows: IndexArray, size: int) -> FloatArray:
+        """Per-item sums of ``factors`` (from :meth:`factors`): ``len(rows) x len(factors)``."""
+        result = np.empty((rows.shape[0], factors.shape[0]))
+        for column in range(factors.shape[0]):
             sums = np.bincount(codes, weights=factors[column], minlength=size)
             result[:, column] = sums.take(rows)
         return result
@@ -331,11 +340,9 @@ class SubWindowSignals:
         # ones are the exact counts, so those paths skip the weights.
         if unit is None:
             unit = events.unit_weights()
+        factors = self.decay.factors(times, None if unit else weights, end)
         if rows.shape[0]:
-            contributions = self.decay.contributions(
-                codes, times, None if unit else weights, end, rows, size
-            )
-            self.decay.fold(rows, contributions, end)
+            self.decay.fold(rows, self.decay.sums(codes, factors, rows, size), end)
             late_quarter = times >= end - length / 4
             late_half = times >= end - length / 2
             quarter = _sums(codes[late_quarter], None if unit else weights[late_quarter], size)
@@ -346,10 +353,11 @@ class SubWindowSignals:
             unseen = ~np.isfinite(self._first[codes])
             np.minimum.at(self._first, codes[unseen], times[unseen])
             np.maximum.at(self._last, codes, times)
-        self._close_audience(window, events, size, end, unit)
+        self._close_audience(window, events, size, end, unit, factors)
 
     def _close_audience(
-        self, window: int, events: WindowEvents, size: int, end: float, unit: bool
+        self, window: int, events: WindowEvents, size: int, end: float, unit: bool,
+        factors: FloatArray,
     ) -> None:
         known = events.users != UNKNOWN_USER
         if not known.all():
@@ -357,6 +365,7 @@ class SubWindowSignals:
                 events.codes[known], events.times[known], events.weights[known],
                 events.users[known],
             )
+            factors = factors[:, known]
         codes, users = events.codes, events.users
         # Hash-based factorising: a window's events are unsorted and sorting them costs more.
         person, people = pd.factorize(users)
@@ -386,13 +395,19 @@ class SubWindowSignals:
         if by_returning.any():
             returning_codes = codes[by_returning]
             returning_rows = _present(returning_codes, size)
-            contributions = self.decay_returning.contributions(
-                returning_codes,
-                events.times[by_returning],
-                None if unit else events.weights[by_returning],
-                end,
-                returning_rows,
-                size,
+            shared = self._shared_half_lives()
+            if shared is not None:
+                # The returning half-lives are among the decayed counts' ones: their factors,
+                # the same bits, are already computed for every event.
+                returning_factors = factors[shared][:, by_returning]
+            else:
+                returning_factors = self.decay_returning.factors(
+                    events.times[by_returning],
+                    None if unit else events.weights[by_returning],
+                    end,
+                )
+            contributions = ContinuousDecay.sums(
+                returning_codes, returning_factors, returning_rows, size
             )
             self.decay_returning.fold(returning_rows, contributions, end)
         if self._previous_window == window - 1 and self._previous_items.shape[0]:
@@ -414,6 +429,17 @@ class SubWindowSignals:
         self._previous_people = people
         self._previous_pair_people = pair_people.astype(np.int64, copy=False)
         self.window_users = int(people.shape[0])
+
+    def _shared_half_lives(self) -> IndexArray | None:
+        """Where each returning half-life sits among the decayed counts' half-lives (None
+        when one is not there, bit for bit)."""
+        positions = []
+        for half_life in self.decay_returning.half_lives.tolist():
+            found = np.flatnonzero(self.decay.half_lives == half_life)
+            if found.size == 0:
+                return None
+            positions.append(int(found[0]))
+        return np.asarray(positions, dtype=np.int64)
 
     def get(self, rows: IndexArray, window: int) -> SubWindowFeatures:
         """The signals of ``rows`` as of the close of ``window`` (the last closed one)."""
