@@ -8,12 +8,9 @@ import pytest
 
 from model.baselines import EWMA
 from streams.engine import Engine, EngineConfig
+from streams.trend.decay import ContinuousDecay
 from streams.trend.state import TrendConfig, TrendState
-from streams.trend.subwindow import (
-    DECAY_FRACTIONS,
-    RETURNING_DECAY_FRACTIONS,
-    ContinuousDecay,
-)
+from streams.trend.subwindow import DECAY_FRACTIONS, RETURNING_DECAY_FRACTIONS
 from streams.trend.users import BloomSeenUsers, ExactSeenUsers, hash_user_ids
 from streams.trend.windows import WindowSpec
 
