@@ -85,7 +85,7 @@ def resolve_adapter(given: Path | None, work: Path) -> tuple[Path, str]:
 
 def untrained_note(adapter: Path) -> str:
     """``", UNTRAINED ..."`` when the score head is all zeros (a fresh, never trained adapter)."""
-    from model.trail import read_score_head
+    from model.adapter_files import read_score_head
 
     head = read_score_head(adapter)
     if all(not bool(t.count_nonzero()) for k, t in head.items() if k.startswith("proj.")):

@@ -114,7 +114,11 @@ def ensure_export(
     if status == "ok" and (not int8 or _has_int8(folder)):
         return folder
     if status == "missing":
-        from model.trail import read_adapter_manifest, read_score_head, read_trail_config
+        from model.adapter_files import (
+            read_adapter_manifest,
+            read_score_head,
+            read_trail_config,
+        )
 
         # A broken adapter folder is named before minutes of export are announced.
         read_adapter_manifest(adapter_dir)

@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from model.trail import TrailConfig
+    from model.adapter_files import TrailConfig
     from model.training import TrainConfig, train
 
     if args.threads:

@@ -42,15 +42,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.adapter_files import LORA_FILE, TrailConfig, read_adapter_manifest, read_trail_config
 from model.explain import check_explanation, forecast_sentence, perturb, verbalize
 from model.priors import prior_log_count
-from model.trail import (
-    LORA_FILE,
-    TrailConfig,
-    TrailModel,
-    read_adapter_manifest,
-    read_trail_config,
-)
+from model.trail import TrailModel
 from model.training_checkpoints import (
     BEST,
     CHECKPOINT,

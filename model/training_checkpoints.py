@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model.trail import TrailModel, one_line
+from model.adapter_files import one_line
+from model.trail import TrailModel
 
 CHECKPOINT = "checkpoint.safetensors"
 #: The weights of the validation step selected so far (tensors; its metrics in the metadata).

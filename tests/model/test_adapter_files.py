@@ -19,9 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.scorer import DEFAULT_ADAPTER, adapter_version
-from model.tiny import synthetic_features
-from model.trail import (
+from model.adapter_files import (
     ADAPTER_FILES,
     ADAPTER_FIX,
     ADAPTER_MANIFEST_FORMAT,
@@ -31,13 +29,14 @@ from model.trail import (
     LORA_CONFIG_FILE,
     LORA_FILE,
     MANIFEST_FILE,
-    ScoreHead,
     TrailConfig,
-    TrailModel,
     read_adapter_manifest,
     read_score_head,
     write_adapter_manifest,
 )
+from model.scorer import DEFAULT_ADAPTER, adapter_version
+from model.tiny import synthetic_features
+from model.trail import ScoreHead, TrailModel
 from schemas import ItemFeatures
 from streams.cli import main as trail
 
@@ -136,12 +135,15 @@ def test_saved_and_loaded_model_scores_identically(tiny_model: Path, tmp_path: P
 
 
 def test_committed_adapter_is_safetensors_with_a_verified_manifest() -> None:
-    """The committed adapter: its pickle head is gone, every file matches the manifest, and
-    the head has the base model's hidden size (so the conversion kept every tensor)."""
+    """The committed adapter: no pickle head, every file matches the manifest (a file copied
+    in without its manifest fails here), and the head has the base model's hidden size."""
     assert not (DEFAULT_ADAPTER / LEGACY_HEAD_FILE).exists()
     manifest = read_adapter_manifest(DEFAULT_ADAPTER)
     assert sorted(manifest["files"]) == sorted(ADAPTER_FILES)
-    assert manifest["steps"] == 520  # the training record survived the conversion
+    # The training record is there: its steps, the validation step it selected and why.
+    assert manifest["steps"] == manifest["training"]["steps"] > 0
+    assert 0 < manifest["validation"]["step"] <= manifest["steps"]
+    assert manifest["selected_by"] == "val_captured@10"
     head = ScoreHead(SMOLLM2_HIDDEN)
     head.load_state_dict(read_score_head(DEFAULT_ADAPTER))
     assert head.proj.weight.count_nonzero() > 0  # trained, not a fresh zero head
