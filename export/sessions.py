@@ -166,7 +166,34 @@ def left_padded(
     return input_ids, mask, positions
 
 
-class ScorerGraph:
+class _Graph:
+    """What both graphs share: the session, where it runs, IO binding, the KV-cache layout."""
+
+    past_shapes: dict[str, tuple[int, int]]
+    past_types: dict[str, Any]
+
+    def _open(
+        self,
+        path: Path,
+        providers: Sequence[str] | None,
+        io_binding: bool | None,
+        threads: int | None,
+    ) -> dict[str, Any]:
+        self.session = make_session(path, providers, threads)
+        self.provider: str = self.session.get_providers()[0]
+        self.device = _device_of(self.session)
+        # IO binding pays off on the GPU (no implicit copies); on the CPU it is the same work.
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
+        return {i.name: i for i in self.session.get_inputs()}
+
+    def empty_past(self, batch: int) -> dict[str, npt.NDArray[Any]]:
+        return {
+            name: np.zeros((batch, heads, 0, dim), dtype=self.past_types[name])
+            for name, (heads, dim) in self.past_shapes.items()
+        }
+
+
+class ScorerGraph(_Graph):
     """The score head's graph: token ids -> residual of each row's last prompt token.
 
     Exports from ``trail-onnx@2`` on hold the head on the generator's own body, with its inputs
@@ -184,23 +211,12 @@ class ScorerGraph:
         io_binding: bool | None = None,
         threads: int | None = None,
     ) -> None:
-        self.session = make_session(path, providers, threads)
-        self.provider: str = self.session.get_providers()[0]
-        self.device = _device_of(self.session)
-        # IO binding pays off on the GPU (no implicit copies); on the CPU it is the same work.
-        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        inputs = self._open(path, providers, io_binding, threads)
         if "input_ids" not in inputs or "attention_mask" not in inputs:
             raise ModelLoadError(f"{path} is not a TRAIL scorer (inputs: {[*inputs]})")
         self.past_shapes, self.past_types = _past_layout(inputs)
         self.with_past = bool(self.past_shapes)
         self.uses_position_ids = "position_ids" in inputs
-
-    def empty_past(self, batch: int) -> dict[str, npt.NDArray[Any]]:
-        return {
-            name: np.zeros((batch, heads, 0, dim), dtype=self.past_types[name])
-            for name, (heads, dim) in self.past_shapes.items()
-        }
 
     def __call__(
         self,
@@ -227,7 +243,7 @@ class ScorerGraph:
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(-1)
 
 
-class GeneratorGraph:
+class GeneratorGraph(_Graph):
     """``generator/model.onnx`` (optimum-onnx text-generation-with-past): greedy decoding.
 
     The KV cache is fed back step by step. On the CPU a row that has finished leaves the
@@ -246,11 +262,7 @@ class GeneratorGraph:
         io_binding: bool | None = None,
         threads: int | None = None,
     ) -> None:
-        self.session = make_session(path, providers, threads)
-        self.provider: str = self.session.get_providers()[0]
-        self.device = _device_of(self.session)
-        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        inputs = self._open(path, providers, io_binding, threads)
         self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
         if not self.past_names or "input_ids" not in inputs:
             raise ModelLoadError(f"{path} is not a generator with a KV cache (inputs: {[*inputs]})")
@@ -263,12 +275,6 @@ class GeneratorGraph:
         if missing or "logits" not in self.output_names:
             raise ModelLoadError(f"{path}: outputs {missing or ['logits']} are missing")
         self.past_shapes, self.past_types = _past_layout(inputs)
-
-    def empty_past(self, batch: int) -> dict[str, npt.NDArray[Any]]:
-        return {
-            name: np.zeros((batch, heads, 0, dim), dtype=self.past_types[name])
-            for name, (heads, dim) in self.past_shapes.items()
-        }
 
     def cache_of(self, ids: Sequence[int]) -> dict[str, npt.NDArray[Any]]:
         """The KV cache after one row of tokens (on the host), by ``past_key_values`` name."""
