@@ -27,7 +27,8 @@ from schemas import (
 from streams.scoring import Scorer
 from streams.trend.catalog import rank_positions
 from streams.trend.features import FeatureFrame
-from streams.trend.state import ClosedWindow, TrendConfig, TrendState, WindowOutcome
+from streams.trend.open_windows import ClosedWindow
+from streams.trend.state import TrendConfig, TrendState, WindowOutcome
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]

@@ -1,12 +1,13 @@
 """The per-item trend state of one stream: events of open windows, statistics of closed ones.
 
 Per event the work is O(1) and batched: find the event's window and append it to that
-window's buffer. Only at a window's close do the statistics of the items that changed move,
-once each, in one vectorised step over that window's events (whole-window counts here,
-sub-window and audience signals in :mod:`streams.trend.subwindow`, category means in
-:mod:`streams.trend.categories`). Windows with no events cost nothing however many lie
-between two events: the clock jumps over them. Everything round-trips through a plain,
-versioned dict (no pickle), so it can live in a changelog topic or a JSON file.
+window's buffer (:mod:`streams.trend.open_windows`). Only at a window's close do the
+statistics of the items that changed move, once each, in one vectorised step over that
+window's events (whole-window counts here, sub-window and audience signals in
+:mod:`streams.trend.subwindow`, category means in :mod:`streams.trend.categories`). Windows
+with no events cost nothing however many lie between two events: the clock jumps over them.
+Everything round-trips through a plain, versioned dict (no pickle), so it can live in a
+changelog topic or a JSON file.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from schemas import ItemMeta
 from streams.trend.catalog import ItemCatalog
 from streams.trend.categories import CategoryStats
 from streams.trend.features import FeatureFrame, TrendThresholds
+from streams.trend.open_windows import ClosedWindow, IngestResult, OpenWindows
 from streams.trend.stats import (
     DecayingMeans,
     RecentCounts,
     burstiness,
     slope_and_acceleration,
 )
-from streams.trend.subwindow import UNKNOWN_USER, SubWindowSignals, WindowEvents
-from streams.trend.users import HashArray, hash_user_ids
+from streams.trend.subwindow import UNKNOWN_USER, SubWindowSignals
+from streams.trend.users import hash_user_ids
 from streams.trend.windows import WindowSpec, floor_divide
 
 FloatArray = npt.NDArray[np.float64]
@@ -92,18 +94,6 @@ class TrendConfig:
 
 
 @dataclass(frozen=True)
-class ClosedWindow:
-    """A window that just closed: which items changed and by how much."""
-
-    index: int
-    start: int
-    end: int
-    changed: IndexArray
-    counts: FloatArray
-    events: float
-
-
-@dataclass(frozen=True)
 class WindowOutcome:
     """Per item, what happened in one window: the labels of a ranking made before it.
 
@@ -119,14 +109,6 @@ class WindowOutcome:
         return WindowOutcome(
             self.counts[positions], self.users[positions], self.returning[positions]
         )
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    """What one batch did: windows it closed (in order) and which of its events were late."""
-
-    closed: list[ClosedWindow]
-    late: npt.NDArray[np.bool_]
 
 
 class TrendState:
@@ -156,7 +138,7 @@ class TrendState:
         self._recent = RecentCounts(config.recent_windows)
         self._first_window = np.zeros(0, dtype=np.int64)
         self._total = np.zeros(0)
-        self._open: dict[int, list[WindowEvents]] = {}
+        self._open = OpenWindows()
         self._last_events = 0.0
         self.sub = SubWindowSignals(
             config.window.length, config.recent_windows, seen=config.seen_users
@@ -232,7 +214,7 @@ class TrendState:
             if segment_late.any():
                 late[start:end] = segment_late
                 keep = ~segment_late
-                self._apply(
+                self._open.add(
                     codes[start:end][keep],
                     segment_windows[keep],
                     timestamps[start:end][keep],
@@ -242,7 +224,7 @@ class TrendState:
             else:
                 # Copies, as the masks above make: open windows must not share the caller's
                 # arrays, which it may reuse.
-                self._apply(
+                self._open.add(
                     codes[start:end].copy(),
                     segment_windows,
                     timestamps[start:end].copy(),
@@ -252,34 +234,6 @@ class TrendState:
         self.max_ts = float(watermark[-1])
         self.late_events += int(late.sum())
         return IngestResult(closed, late)
-
-    def _apply(
-        self,
-        codes: IndexArray,
-        windows: IndexArray,
-        times: FloatArray,
-        weights: FloatArray,
-        users: HashArray,
-    ) -> None:
-        if codes.shape[0] == 0:
-            return
-        first, last = int(windows.min()), int(windows.max())
-        if first == last:
-            self._open.setdefault(first, []).append(WindowEvents(codes, times, weights, users))
-            return
-        if bool((windows[1:] >= windows[:-1]).all()):
-            # Events in time order (a replay): each window's events are one slice, no sort.
-            changes = (np.flatnonzero(np.diff(windows)) + 1).tolist()
-            for start, stop in zip([0, *changes], [*changes, len(windows)], strict=True):
-                chunk = WindowEvents(
-                    codes[start:stop], times[start:stop], weights[start:stop], users[start:stop]
-                )
-                self._open.setdefault(int(windows[start]), []).append(chunk)
-            return
-        for window in np.unique(windows).tolist():
-            mask = windows == window
-            chunk = WindowEvents(codes[mask], times[mask], weights[mask], users[mask])
-            self._open.setdefault(window, []).append(chunk)
 
     def advance_to(
         self, watermark_ts: float, on_close: Callable[[ClosedWindow], None] | None = None
@@ -321,7 +275,7 @@ class TrendState:
                 on_close(result)
 
     def _close(self, window: int) -> ClosedWindow:
-        events = WindowEvents.concat(self._open.pop(window, []))
+        events = self._open.pop(window)
         size = self._first_window.shape[0]
         unit = events.unit_weights()
         # Unit weights: integer counts are the exact sums of ones, found faster.
@@ -471,10 +425,7 @@ class TrendState:
             "means": self._means.state_dict(size),
             "recent": self._recent.state_dict(size),
             "category_means": self.categories.means.state_dict(len(self.categories.names)),
-            "open": {
-                str(window): WindowEvents.concat(chunks).state_dict()
-                for window, chunks in self._open.items()
-            },
+            "open": self._open.state_dict(),
             "sub": self.sub.state_dict(size),
             "last_events": self._last_events,
             "last_busy": self._last_busy,
@@ -503,8 +454,7 @@ class TrendState:
         state._means = DecayingMeans.from_state_dict(data["means"])
         state._recent = RecentCounts.from_state_dict(data["recent"])
         state.categories.means = DecayingMeans.from_state_dict(data["category_means"])
-        for window_text, open_window in data["open"].items():
-            state._open[int(window_text)] = [WindowEvents.from_state_dict(open_window)]
+        state._open = OpenWindows.from_state_dict(data["open"])
         state.sub = SubWindowSignals.from_state_dict(data["sub"])
         state._last_events = float(data["last_events"])
         state._last_busy = data["last_busy"]
