@@ -6,7 +6,8 @@ consumer. Two implementations exist:
 
 - :class:`~streams.kafka.aiokafka_clients.AiokafkaClients` (the default): aiokafka's clients
   with the options of :func:`~streams.kafka.options.client_options`, on a real broker;
-- :class:`~streams.kafka.memory.MemoryBroker`: topics, acknowledgements, a consumer group and
+- :class:`~streams.kafka.memory_clients.MemoryClients` on a
+  :class:`~streams.kafka.memory.MemoryBroker`: topics, acknowledgements, a consumer group and
   its rebalances in memory, in one process, so the worker's rounds, checkpoint order,
   rebalances and dead letters can be tested without a broker.
 

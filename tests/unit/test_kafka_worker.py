@@ -32,6 +32,7 @@ from streams.kafka.clients import TopicPartition
 from streams.kafka.deadletters import read_dead_letter
 from streams.kafka.faults import CRASH_AFTER_PUBLISH_ENV, fault_hook
 from streams.kafka.memory import KilledError, MemoryBroker
+from streams.kafka.memory_clients import MemoryClients
 from streams.kafka.state import changelog_topic
 from streams.kafka.trending import merge_trending, partials_topic
 from streams.kafka.worker import Worker
@@ -124,7 +125,7 @@ def worker_on(broker: MemoryBroker, settings: Settings, name: str, **options: An
         settings,
         scorer_factory=scorer_factory(settings.scorer, settings),
         worker_id=name,
-        clients=broker.clients(name),
+        clients=MemoryClients(broker, name),
         **options,
     )
 
