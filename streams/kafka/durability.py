@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from streams.kafka.clients import TopicPartition
 from streams.kafka.processor import ClosedWindowNote, PartitionProcessor
 from streams.kafka.sender import BatchSender
@@ -140,6 +142,20 @@ class DurabilityPipeline:
         # Bounded pipeline; a failed step raises here and stops the worker.
         while self._steps and (self._steps[0].done() or len(self._steps) > MAX_STEPS_IN_FLIGHT):
             await self._steps.popleft()
+
+    def latency_stats_ms(self) -> dict[str, float]:
+        """Count, mean, p50, p95 and max of :attr:`publish_latencies` in milliseconds (empty
+        before the first window is published)."""
+        if not self.publish_latencies:
+            return {}
+        values = np.asarray(self.publish_latencies) * 1000.0
+        return {
+            "count": float(values.size),
+            "mean": float(values.mean()),
+            "p50": float(np.percentile(values, 50)),
+            "p95": float(np.percentile(values, 95)),
+            "max": float(values.max()),
+        }
 
     async def drain(self) -> None:
         """Wait until every enqueued step is durable."""

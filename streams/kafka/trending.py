@@ -8,7 +8,7 @@ window's partial lists into the global top-N (:class:`TrendingMerger`) and publi
 ``trending`` (key ``"global"``) once every partition has reported the window, has closed past
 it without data, or has been idle (no records) for ``merge_idle_timeout``. Windows are
 published in order; the last published window is read back from the ``trending`` topic when
-the merge moves to another worker (:func:`last_published_window`).
+the merge moves to another worker (:func:`restore_merger`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import orjson
 
 from schemas import TrendingItem, TrendingSnapshot
 from streams.kafka.clients import Reader, TopicPartition
+from streams.kafka.runtimes import GroupRuntime
+from streams.partitioning import partition_for
 from streams.settings import Settings
 from streams.trend.catalog import rank_positions, tie_ranks
 from streams.trend.windows import WindowSpec
@@ -37,6 +39,13 @@ GLOBAL_KEY = b"global"
 
 def partials_topic(settings: Settings) -> str:
     return f"{settings.app_id}-trending-partials"
+
+
+def trending_partition(settings: Settings, partitions: Mapping[str, int]) -> TopicPartition:
+    """The partition of the trending topic that holds every snapshot: key ``"global"``'s,
+    given each topic's partition count."""
+    topic = settings.trending_topic
+    return TopicPartition(topic, partition_for(GLOBAL_KEY.decode(), partitions[topic]))
 
 
 def merge_trending(snapshots: Sequence[TrendingSnapshot], top_n: int) -> TrendingSnapshot:
@@ -172,3 +181,30 @@ async def last_published_window(reader: Reader, tp: TopicPartition, spec: Window
     if last is None:
         return None
     return spec.index_of(last - 1)
+
+
+async def restore_merger(
+    runtime: GroupRuntime,
+    reader: Reader,
+    *,
+    partials: TopicPartition,
+    trending: TopicPartition,
+    top_n: int,
+    idle_timeout: float,
+    window: WindowSpec,
+) -> TrendingMerger:
+    """The merge of a new owner of the ``partials`` partition (at start or after a rebalance).
+
+    It reads on from the group's committed offset there (the partition's beginning without
+    one), where the consumer is sought, and publishes no window up to the last one already on
+    the ``trending`` partition (read with ``reader``, a started consumer without a group).
+    """
+    merger = TrendingMerger(top_n=top_n, idle_timeout=idle_timeout)
+    committed = await runtime.committed(partials)
+    if committed is None:
+        committed = int((await reader.beginning_offsets([partials]))[partials])
+    merger.position = committed
+    merger.committed = committed
+    await runtime.seek(partials, committed)
+    merger.published_through = await last_published_window(reader, trending, window)
+    return merger

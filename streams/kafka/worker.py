@@ -29,8 +29,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from schemas import ItemMeta, encode
 from streams.engine import EngineConfig
 from streams.kafka.clients import (
@@ -56,10 +54,10 @@ from streams.kafka.topics import ensure_worker_topics
 from streams.kafka.trending import (
     GLOBAL_KEY,
     TrendingMerger,
-    last_published_window,
     partials_topic,
+    restore_merger,
+    trending_partition,
 )
-from streams.partitioning import partition_for
 from streams.scoring import FallbackScorer
 from streams.settings import Settings
 from streams.trend.windows import parse_duration
@@ -176,8 +174,11 @@ class Worker:
         return self._stop
 
     @property
-    def publish_latencies(self) -> list[float]:
-        return [] if self.pipeline is None else self.pipeline.publish_latencies
+    def reader(self) -> Reader:
+        """The started consumer without a group (changelog, trending topic)."""
+        if self._reader is None:
+            raise RuntimeError("the worker has not started")
+        return self._reader
 
     def stop(self) -> None:
         self._stop.set()
@@ -312,11 +313,9 @@ class Worker:
         if self.merger is None:
             return 0
         snapshots = self.merger.ready(now)
-        partition = partition_for(
-            GLOBAL_KEY.decode(), self.topic_partitions[self.settings.trending_topic]
-        )
+        trending = trending_partition(self.settings, self.topic_partitions)
         for snapshot in snapshots:
-            self.sender.add(self.settings.trending_topic, partition, GLOBAL_KEY, encode(snapshot))
+            self.sender.add(trending.topic, trending.partition, GLOBAL_KEY, encode(snapshot))
             self.metrics.trending_published.inc()
         return len(snapshots)
 
@@ -369,9 +368,7 @@ class Worker:
         return None if processor is None else processor.offset
 
     async def beginning(self, tp: TopicPartition) -> int:
-        if self._reader is None:
-            raise RuntimeError("the worker has not started")
-        return int((await self._reader.beginning_offsets([tp]))[tp])
+        return int((await self.reader.beginning_offsets([tp]))[tp])
 
     async def on_revoked(self, revoked: Sequence[Any]) -> None:
         async with self.lock:
@@ -413,7 +410,15 @@ class Worker:
             if events:
                 self.metrics.restore_seconds.observe(time.perf_counter() - started)
             if any(tp.topic == self.partials_topic for tp in assigned):
-                self.merger = await self._restore_merger()
+                self.merger = await restore_merger(
+                    self.runtime,
+                    self.reader,
+                    partials=TopicPartition(self.partials_topic, 0),
+                    trending=trending_partition(self.settings, self.topic_partitions),
+                    top_n=self.config.top_n,
+                    idle_timeout=self.merge_idle_timeout,
+                    window=self.config.trend.window,
+                )
             log.info(
                 "assigned events partitions %s%s (restored in %.2fs)",
                 events,
@@ -459,26 +464,6 @@ class Worker:
             )
         return processor
 
-    async def _restore_merger(self) -> TrendingMerger:
-        merger = TrendingMerger(top_n=self.config.top_n, idle_timeout=self.merge_idle_timeout)
-        tp = TopicPartition(self.partials_topic, 0)
-        committed = await self.runtime.committed(tp)
-        if committed is None:
-            committed = await self.beginning(tp)
-        merger.position = committed
-        merger.committed = committed
-        await self.runtime.seek(tp, committed)
-        if self._reader is None:
-            raise RuntimeError("the worker has not started")
-        topic = self.settings.trending_topic
-        trending = TopicPartition(
-            topic, partition_for(GLOBAL_KEY.decode(), self.topic_partitions[topic])
-        )
-        merger.published_through = await last_published_window(
-            self._reader, trending, self.config.trend.window
-        )
-        return merger
-
     # -------------------------------------------------------------- reporting
     def summary(self) -> dict[str, Any]:
         span = (
@@ -490,19 +475,6 @@ class Worker:
             "worker": self.worker_id,
             "events_applied": self.events_applied,
             "processing_seconds": span,
-            "publish_latency_ms": _latency_stats(sorted(self.publish_latencies)),
+            "publish_latency_ms": {} if self.pipeline is None else self.pipeline.latency_stats_ms(),
             "metrics": self.metrics.snapshot(),
         }
-
-
-def _latency_stats(latencies: Sequence[float]) -> dict[str, float]:
-    if not latencies:
-        return {}
-    values = np.asarray(latencies) * 1000.0
-    return {
-        "count": float(values.size),
-        "mean": float(values.mean()),
-        "p50": float(np.percentile(values, 50)),
-        "p95": float(np.percentile(values, 95)),
-        "max": float(values.max()),
-    }
