@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -31,6 +32,9 @@ from schemas import ItemMeta
 from streams.eventlog import EventLog
 from streams.partitioning import partition_for, partition_for_key, partitions_of
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.kafka.sender import BatchSender
 
 #: Records per flush (bounded memory; one broker round trip per partition per flush).
 FLUSH_RECORDS = 50_000
@@ -60,6 +64,32 @@ def event_values(log: EventLog, start: int = 0, stop: int | None = None) -> list
     ]
 
 
+@contextlib.asynccontextmanager
+async def _sender(settings: Settings) -> AsyncIterator[BatchSender]:
+    """A sender on an idempotent producer that waits for every replica's ack: flushed when
+    the block ends, its producer stopped however it ends."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka.options import client_options
+    from streams.kafka.sender import BatchSender
+
+    producer = AIOKafkaProducer(
+        **client_options(settings),
+        acks="all",
+        linger_ms=10,
+        max_batch_size=1024 * 1024,
+        max_request_size=2 * 1024 * 1024,
+        enable_idempotence=True,
+    )
+    await producer.start()
+    try:
+        sender = BatchSender(producer)
+        yield sender
+        await sender.flush()
+    finally:
+        await producer.stop()
+
+
 async def produce_log(
     settings: Settings,
     log: EventLog,
@@ -76,10 +106,7 @@ async def produce_log(
     key, value, partition)`` among the events (tests use it for malformed records; a None
     partition means partition 0).
     """
-    from aiokafka import AIOKafkaProducer
-
-    from streams.kafka.options import TopicSpec, client_options, ensure_topics, verify_connection
-    from streams.kafka.sender import BatchSender
+    from streams.kafka.options import TopicSpec, ensure_topics, verify_connection
 
     await verify_connection(settings)  # refused credentials: one clear error, no retries
     topic = topic or settings.events_topic
@@ -93,19 +120,9 @@ async def produce_log(
     inserts: dict[int, list[tuple[bytes | None, bytes | None, int]]] = {}
     for before, key, value, partition in extra or []:
         inserts.setdefault(before, []).append((key, value, partition or 0))
-    producer = AIOKafkaProducer(
-        **client_options(settings),
-        acks="all",
-        linger_ms=10,
-        max_batch_size=1024 * 1024,
-        max_request_size=2 * 1024 * 1024,
-        enable_idempotence=True,
-    )
-    await producer.start()
-    sender = BatchSender(producer)
-    started = time.perf_counter()
-    sent = 0
-    try:
+    async with _sender(settings) as sender:
+        started = time.perf_counter()
+        sent = 0
         first_ts = float(times[0]) if times.size else 0.0
         for j in range(len(values)):
             index = start + j
@@ -126,9 +143,6 @@ async def produce_log(
             for key, value, partition in inserts[before]:
                 sender.add(topic, partition, key, value)
                 sent += 1
-        await sender.flush()
-    finally:
-        await producer.stop()
     return ProduceSummary(sent, time.perf_counter() - started, partitions)
 
 
@@ -154,16 +168,7 @@ async def produce_items(
         No items topic (``items_topic`` is empty) or its partition count differs from the
         events topic's.
     """
-    from aiokafka import AIOKafkaProducer
-
-    from streams.kafka.options import (
-        TopicSpec,
-        client_options,
-        ensure_topics,
-        items_topic_spec,
-        verify_connection,
-    )
-    from streams.kafka.sender import BatchSender
+    from streams.kafka.options import TopicSpec, ensure_topics, items_topic_spec, verify_connection
 
     topic = topic if topic is not None else settings.items_topic
     if not topic:
@@ -177,19 +182,9 @@ async def produce_items(
         raise ValueError(
             f"{topic} has {partitions} partitions but {events} has {wanted}: they must match"
         )
-    producer = AIOKafkaProducer(
-        **client_options(settings),
-        acks="all",
-        linger_ms=10,
-        max_batch_size=1024 * 1024,
-        max_request_size=2 * 1024 * 1024,
-        enable_idempotence=True,
-    )
-    await producer.start()
-    sender = BatchSender(producer)
-    started = time.perf_counter()
-    sent = 0
-    try:
+    async with _sender(settings) as sender:
+        started = time.perf_counter()
+        sent = 0
         for meta in items:
             value = orjson.dumps(meta.model_dump(mode="json", exclude_defaults=True))
             key = meta.item_id.encode("utf-8")
@@ -205,9 +200,6 @@ async def produce_items(
                 partition = partition_for_key(key, partitions) if key is not None else 0
             sender.add(topic, partition, key, value)
             sent += 1
-        await sender.flush()
-    finally:
-        await producer.stop()
     return ProduceSummary(sent, time.perf_counter() - started, partitions)
 
 
