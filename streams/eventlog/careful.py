@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import sys
 import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -22,11 +21,11 @@ from tqdm import tqdm
 
 from streams.eventlog.log import MAX_BAD_ROWS, BadRow, DatasetError
 from streams.eventlog.text import (
-    PROGRESS_DELAY_S,
     READ_BLOCK_BYTES,
     Layout,
     Rows,
     is_gzip,
+    read_progress,
     size_label,
 )
 
@@ -196,16 +195,7 @@ def read_careful(
     try:
         with (
             path.open("rb") as raw,
-            tqdm(
-                total=path.stat().st_size,
-                desc=f"reading {path.name} line by line",
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                delay=PROGRESS_DELAY_S,
-                disable=not progress,
-                file=sys.stderr,
-            ) as bar,
+            tqdm(**read_progress(path, f"reading {path.name} line by line", progress)) as bar,
         ):
             handle: _Lines = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(path) else raw
             source = _LineSource(handle, lambda: bar.update(raw.tell() - bar.n))

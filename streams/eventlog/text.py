@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,21 @@ _MAX_HEADER_BYTES = 64 * 1024
 
 #: Held while pyarrow reads with :func:`read_table`'s hook for unraisable errors in place.
 _UNRAISABLE_LOCK = threading.Lock()
+
+
+def read_progress(path: Path, desc: str, progress: bool) -> dict[str, Any]:
+    """The options of a tqdm bar over the bytes of ``path`` as it is read (on standard
+    error, shown only when ``progress`` and once the read takes over :data:`PROGRESS_DELAY_S`)."""
+    return {
+        "total": path.stat().st_size,
+        "desc": desc,
+        "unit": "B",
+        "unit_scale": True,
+        "unit_divisor": 1024,
+        "delay": PROGRESS_DELAY_S,
+        "disable": not progress,
+        "file": sys.stderr,
+    }
 
 
 class NeedsCarefulRead(DatasetError):
@@ -226,16 +242,7 @@ def _read_csv(
     with (
         path.open("rb") as raw,
         tqdm.wrapattr(
-            raw,
-            "read",
-            total=path.stat().st_size,
-            desc=f"reading {path.name}",
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            delay=PROGRESS_DELAY_S,
-            disable=not progress,
-            file=sys.stderr,
+            raw, "read", **read_progress(path, f"reading {path.name}", progress)
         ) as counted,
     ):
         stream = pa.PythonFile(counted, mode="r")
