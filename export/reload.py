@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import numpy.typing as npt
 
 from export.manifest import MANIFEST_FILE, read_manifest
-from export.runtime import SCORE_BATCH, OrtTrailScorer
+from export.runtime import OrtTrailScorer, ServingOptions
 from model.files import ModelLoadError, sha256_file
 from streams.trend.features import FeatureFrame
 from streams.trend.state import WindowOutcome
@@ -116,23 +116,15 @@ class ReloadingScorer:
 
     :meth:`score` opens every window, so it first asks the watcher for a newer export; the
     window is then scored and explained by one model, and ``version`` (which the engine writes
-    into every ScoreUpdate) names the export that served it.
+    into every ScoreUpdate) names the export that served it. ``options`` are
+    :class:`~export.runtime.OrtTrailScorer`'s, for every export it loads.
     """
 
     name = "trail"
     learns_online = True
 
     def __init__(
-        self,
-        folder: Path,
-        rescore_top: int = 50,
-        providers: Sequence[str] | None = None,
-        *,
-        batch_size: int = SCORE_BATCH,
-        io_binding: bool | None = None,
-        guard: bool = True,
-        threads: int | None = None,
-        precision: str = "fp32",
+        self, folder: Path, *, guard: bool = True, **options: Unpack[ServingOptions]
     ) -> None:
         from model.cascade import RankingStage
         from model.scorer import ExplanationGuard
@@ -143,15 +135,7 @@ class ReloadingScorer:
         self.stage = RankingStage()
 
         def load(path: Path) -> OrtTrailScorer:
-            scorer = OrtTrailScorer(
-                path,
-                rescore_top,
-                providers,
-                batch_size=batch_size,
-                io_binding=io_binding,
-                threads=threads,
-                precision=precision,
-            )
+            scorer = OrtTrailScorer(path, **options)
             scorer.guard = self.guard
             scorer.stage = self.stage
             return scorer

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -369,6 +369,18 @@ class OrtTrailModel:
 
 #: The parts of a window's LM work that :attr:`OrtTrailModel.timings` adds up.
 TIMED = ("prompt_s", "score_s", "generate_s")
+
+
+class ServingOptions(TypedDict, total=False):
+    """How an export is served: the keyword arguments of :class:`OrtTrailScorer` that
+    :class:`~export.reload.ReloadingScorer` hands to every export it loads."""
+
+    rescore_top: int
+    providers: Sequence[str] | None
+    batch_size: int
+    io_binding: bool | None
+    threads: int | None
+    precision: str
 
 
 class OrtTrailScorer(CascadeScorer):
