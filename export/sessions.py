@@ -167,24 +167,34 @@ def left_padded(
 
 
 class _Graph:
-    """What both graphs share: the session, where it runs, IO binding, the KV-cache layout."""
+    """What both graphs share: the session, where it runs, IO binding, the KV-cache layout.
 
-    past_shapes: dict[str, tuple[int, int]]
-    past_types: dict[str, Any]
+    Raises :class:`ModelLoadError` when the graph at ``path`` is not the one the subclass
+    serves (:meth:`_check`).
+    """
 
-    def _open(
+    def __init__(
         self,
         path: Path,
-        providers: Sequence[str] | None,
-        io_binding: bool | None,
-        threads: int | None,
-    ) -> dict[str, Any]:
+        providers: Sequence[str] | None = None,
+        *,
+        io_binding: bool | None = None,
+        threads: int | None = None,
+    ) -> None:
         self.session = make_session(path, providers, threads)
         self.provider: str = self.session.get_providers()[0]
         self.device = _device_of(self.session)
         # IO binding pays off on the GPU (no implicit copies); on the CPU it is the same work.
         self.io_binding = self.device == "cuda" if io_binding is None else io_binding
-        return {i.name: i for i in self.session.get_inputs()}
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self._check(path, inputs)
+        self.past_shapes, self.past_types = _past_layout(inputs)
+        self.uses_position_ids = "position_ids" in inputs
+
+    def _check(self, path: Path, inputs: dict[str, Any]) -> None:
+        """Raise :class:`ModelLoadError` unless the session's inputs (by name) and outputs are
+        this graph's; keep what else it needs of them."""
+        raise NotImplementedError
 
     def empty_past(self, batch: int) -> dict[str, npt.NDArray[Any]]:
         return {
@@ -203,20 +213,14 @@ class ScorerGraph(_Graph):
     token of right-padded rows. :attr:`with_past` tells which.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        providers: Sequence[str] | None = None,
-        *,
-        io_binding: bool | None = None,
-        threads: int | None = None,
-    ) -> None:
-        inputs = self._open(path, providers, io_binding, threads)
+    def _check(self, path: Path, inputs: dict[str, Any]) -> None:
         if "input_ids" not in inputs or "attention_mask" not in inputs:
             raise ModelLoadError(f"{path} is not a TRAIL scorer (inputs: {[*inputs]})")
-        self.past_shapes, self.past_types = _past_layout(inputs)
-        self.with_past = bool(self.past_shapes)
-        self.uses_position_ids = "position_ids" in inputs
+
+    @property
+    def with_past(self) -> bool:
+        """Whether the graph takes a KV cache (``trail-onnx@2`` on)."""
+        return bool(self.past_shapes)
 
     def __call__(
         self,
@@ -254,19 +258,10 @@ class GeneratorGraph(_Graph):
     come back to the host.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        providers: Sequence[str] | None = None,
-        *,
-        io_binding: bool | None = None,
-        threads: int | None = None,
-    ) -> None:
-        inputs = self._open(path, providers, io_binding, threads)
+    def _check(self, path: Path, inputs: dict[str, Any]) -> None:
         self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
         if not self.past_names or "input_ids" not in inputs:
             raise ModelLoadError(f"{path} is not a generator with a KV cache (inputs: {[*inputs]})")
-        self.uses_position_ids = "position_ids" in inputs
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.present_of = {
             name.replace("past_key_values.", "present.", 1): name for name in self.past_names
@@ -274,7 +269,6 @@ class GeneratorGraph(_Graph):
         missing = [p for p in self.present_of if p not in self.output_names]
         if missing or "logits" not in self.output_names:
             raise ModelLoadError(f"{path}: outputs {missing or ['logits']} are missing")
-        self.past_shapes, self.past_types = _past_layout(inputs)
 
     def cache_of(self, ids: Sequence[int]) -> dict[str, npt.NDArray[Any]]:
         """The KV cache after one row of tokens (on the host), by ``past_key_values`` name."""
