@@ -358,9 +358,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message says what went wrong and what to do: one line, exit 2.
+
+    A failed download of the base model or a data set (no network, no such version) is one
+    of them; anything else is a bug and keeps its traceback. Imported here, not at the top,
+    so that ``trail --help`` stays light.
+    """
+    from model.base import ModelError
+    from streams.eventlog.log import DatasetError
+    from streams.eventlog.wheels import WheelDownloadError
+
+    return (ValueError, FileNotFoundError, ModelError, DatasetError, WheelDownloadError)
 
 
 if __name__ == "__main__":
