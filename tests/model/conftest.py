@@ -1,5 +1,6 @@
-"""Fixtures shared by the model tests: a tiny random Llama, a small toy event log, and the
-shipped base model (SmolLM2-135M-Instruct, fetched once into the default cache)."""
+"""Fixtures shared by the model tests: a tiny random Llama and an adapter on it, a small toy
+event log, and the shipped base model (SmolLM2-135M-Instruct, fetched once into the default
+cache)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ DAY = 86_400
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model: Path, perturbed_adapter: Callable[..., Path]) -> Path:
+    """A TRAIL adapter on the tiny model whose LoRA and head are far from zero (as if
+    trained): the root conftest's ``perturbed_adapter``."""
+    return perturbed_adapter(tiny_model)
 
 
 @pytest.fixture(scope="module")

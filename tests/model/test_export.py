@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from export.sessions import CPU
 from model.explain import forecast_sentence
 from model.scorer import TrailScorer, adapter_version
 from model.tiny import validation_features
-from model.trail import TrailConfig, TrailModel
+from model.trail import TrailModel
 from streams.cli import main as trail
 from streams.engine import Engine, EngineConfig, WindowResult
 from streams.trend.state import TrendConfig
@@ -30,36 +29,7 @@ from streams.trend.windows import WindowSpec
 DAY = 86_400
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads; on a loaded host two made PyTorch's
-    generation a hundred times slower (27 s instead of 0.3 s for five explanations)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TRAIL adapter on the tiny model whose LoRA and head are not zero (as if trained).
-
-    The LoRA weights are large enough that greedy decoding depends on the prompt (with small
-    ones the random model repeats one token whatever it is asked, and a comparison of
-    generated tokens could not fail).
-    """
-    torch.manual_seed(0)
-    model = TrailModel.from_base(TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0))
-    with torch.no_grad():
-        for name, parameter in model.lm.named_parameters():
-            # lora_B is zero at initialisation: the merge would change nothing.
-            if "lora_A" in name or "lora_B" in name:
-                parameter.normal_(0.0, 0.3)
-        model.head.proj.weight.normal_(0.0, 0.1)
-        model.head.proj.bias.fill_(0.1)
-    out = tmp_path_factory.mktemp("adapter")
-    model.save(out)
-    return out
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ import json
 import math
 import random
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from export.cache import ExportUnavailable, ensure_export, export_key
 from export.manifest import (
@@ -32,36 +31,12 @@ from model.explain import forecast_sentence
 from model.prompts import PromptEncoder, build_prompt, chat_pieces, chat_prompt
 from model.scorer import TrailScorer
 from model.tiny import SHAPES, synthetic_features, validation_features
-from model.trail import TrailConfig, TrailModel
+from model.trail import TrailModel
 from streams.cli import main as trail
 from streams.registry import cached_trail_scorer, language_model_scorer_factory
 from streams.settings import Settings
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads, and a loaded host makes them slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny TRAIL adapter whose LoRA and head are far from zero, so that scores and greedy
-    tokens depend on the prompt (a comparison of them can fail)."""
-    torch.manual_seed(0)
-    model = TrailModel.from_base(TrailConfig(base_model=str(tiny_model), lora_top_fraction=1.0))
-    with torch.no_grad():
-        for name, parameter in model.lm.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
-                parameter.normal_(0.0, 0.3)
-        model.head.proj.weight.normal_(0.0, 0.1)
-        model.head.proj.bias.fill_(0.1)
-    out = tmp_path_factory.mktemp("adapter")
-    model.save(out)
-    return out
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

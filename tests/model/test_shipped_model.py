@@ -10,13 +10,12 @@ only (``--test-windows 1``), which keeps the test under a minute on two cores.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
 import pytest
-import torch
 
 from export import INT8_MAX_ABS_DIFF
 from export.runtime import OrtTrailModel, OrtTrailScorer
@@ -31,7 +30,7 @@ from streams.registry import scorer_factory
 from streams.replay import EvaluationWindows, replay
 from streams.settings import Settings
 
-pytestmark = [pytest.mark.required, pytest.mark.slow]
+pytestmark = [pytest.mark.required, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 #: The last window of ML-100K that gets a ranking judged by a complete window (7-day windows).
 LAST_WINDOW_END = 892_684_800
@@ -46,15 +45,6 @@ PINNED_LM_SCORES = {
     "294": 0.7564433,
     "258": 0.5449704,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """On a loaded two-core host PyTorch's default threads slow a small model many times."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

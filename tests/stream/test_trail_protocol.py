@@ -9,67 +9,36 @@ whose score head is far from zero, so the LM's residuals move the ranker's score
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from brute_force_protocol import DAY, WINDOW, Row, brute_force_metrics
+from brute_force_protocol import WINDOW, Row, brute_force_metrics
 
 from streams.cli import main as trail
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads, and a loaded host makes them slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def short_slice(
-    beauty_slice: tuple[Path, list[Row]], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, list[Row]]:
-    """The last 240 days of the amazon-beauty slice: eight 30-day windows, four evaluated."""
-    _, rows = beauty_slice
-    start = max(ts for _, _, ts in rows) - 240 * DAY
-    rows = [r for r in rows if r[2] >= start]
-    path = tmp_path_factory.mktemp("short") / "slice.csv"
-    with path.open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["user_id", "item_id", "timestamp"])
-        writer.writerows(rows)
-    return path, rows
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def adapter(
+    tmp_path_factory: pytest.TempPathFactory, perturbed_adapter: Callable[..., Path]
+) -> Path:
     """A TRAIL adapter on the tiny random Llama whose LoRA and score head are not zero (as if
     trained): a fresh head is zero, and an LM that adds nothing would leave the ranker's
-    ranking, which test_ranker_protocol already checks."""
+    ranking, which test_ranker_protocol already checks. Its head weighs more than the model
+    tests' (0.5), with no bias, so the residuals reorder this slice's top 10."""
     from model.tiny_lm import build_tiny_model
-    from model.trail import TrailConfig, TrailModel
 
     base = build_tiny_model(tmp_path_factory.mktemp("tiny"))
-    torch.manual_seed(0)
-    model = TrailModel.from_base(TrailConfig(base_model=str(base), lora_top_fraction=1.0))
-    with torch.no_grad():
-        for name, parameter in model.lm.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
-                parameter.normal_(0.0, 0.3)
-        model.head.proj.weight.normal_(0.0, 0.5)
-    out = tmp_path_factory.mktemp("adapter")
-    model.save(out)
-    return out
+    return perturbed_adapter(base, head_std=0.5, head_bias=0.0)
 
 
 def test_trail_predictions_score_the_same_under_the_brute_force_protocol(
-    short_slice: tuple[Path, list[Row]],
+    short_beauty_slice: tuple[Path, list[Row]],
     adapter: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -80,7 +49,7 @@ def test_trail_predictions_score_the_same_under_the_brute_force_protocol(
     the cascade's final ranking (the ranker's before the LM: on this slice the LM changes the
     top 10 of two of the four windows, and the ranker's own rankings score another HR@10;
     or another window's), or an evaluation whose TRAIL run differs from a replay's."""
-    path, rows = short_slice
+    path, rows = short_beauty_slice
     # TRAIL's default runtime exports the adapter on first use: into this test's cache.
     monkeypatch.setenv("TRAIL_CACHE_DIR", str(tmp_path / "cache"))
     common = ["--window", "30d", "--test-windows", "4", "--no-progress", "--scorer", "trail"]
