@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,40 +20,22 @@ from model.trail import TrailConfig, TrailModel
 from model.training import TrainConfig, split_snapshots, step_loss, train
 from streams.cli import main as trail
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads; on a loaded 2-core host PyTorch's default
-    threads made one `trail evaluate` of it 25 times slower (45 s instead of 2 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+
+def weekly(command: str, log: Path, scorer: str, *extra: str) -> int:
+    """The exit code of ``trail COMMAND LOG`` in weekly windows, ranked by ``scorer``."""
+    return trail([command, str(log), "--window", "7d", "--scorer", scorer, *extra, "--no-progress"])
 
 
 @pytest.fixture(scope="module")
 def snapshots(events: Path) -> Path:
     """Real snapshots of the toy log, written by `trail replay`."""
-    folder = events.parent
-    out = folder / "snapshots"
-    assert (
-        trail(
-            [
-                "replay",
-                str(events),
-                "--window",
-                "7d",
-                "--scorer",
-                "last-window",
-                "--snapshots-out",
-                str(out),
-                "--print-top",
-                "0",
-                "--no-progress",
-            ]
-        )
-        == 0
+    out = events.parent / "snapshots"
+    written = weekly(
+        "replay", events, "last-window", "--snapshots-out", str(out), "--print-top", "0"
     )
+    assert written == 0
     return out
 
 
@@ -129,52 +110,10 @@ def test_train_writes_adapter_and_manifest_and_resumes(
     evaluation = tmp_path / "eval.json"
     scorer = TrailScorer(out, rescore_top=5)
     assert scorer.version.startswith("trail@")
-    assert (
-        trail(
-            [
-                "replay",
-                str(snapshots.parent / "events.csv"),
-                "--window",
-                "7d",
-                "--scorer",
-                "trail",
-                "--adapter",
-                str(out),
-                "--lm-runtime",
-                "torch",
-                "--test-windows",
-                "2",
-                "--print-top",
-                "2",
-                "--explain-top",
-                "2",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert (
-        trail(
-            [
-                "evaluate",
-                str(snapshots.parent / "events.csv"),
-                "--window",
-                "7d",
-                "--scorer",
-                "trail",
-                "--adapter",
-                str(out),
-                "--lm-runtime",
-                "torch",
-                "--test-windows",
-                "2",
-                "--json",
-                str(evaluation),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    log = snapshots.parent / "events.csv"
+    served = ["--adapter", str(out), "--lm-runtime", "torch", "--test-windows", "2"]
+    assert weekly("replay", log, "trail", *served, "--print-top", "2", "--explain-top", "2") == 0
+    assert weekly("evaluate", log, "trail", *served, "--json", str(evaluation)) == 0
     trail_results = json.loads(evaluation.read_text())["results"]["trail"]
     # Two windows, ten explanations each; the tiny model writes no checkable claim, so the
     # guard replaced every text (with the verbalizer's, which always makes claims).
@@ -189,22 +128,7 @@ def test_train_writes_adapter_and_manifest_and_resumes(
 def test_missing_adapter_is_a_clear_error(tmp_path: Path, capsys) -> None:
     events = tmp_path / "e.csv"
     events.write_text("user_id,item_id,timestamp\nu,1,1\nu,2,900000\nu,1,1900000\n")
-    assert (
-        trail(
-            [
-                "replay",
-                str(events),
-                "--window",
-                "7d",
-                "--scorer",
-                "trail",
-                "--adapter",
-                str(tmp_path / "none"),
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert weekly("replay", events, "trail", "--adapter", str(tmp_path / "none")) == 2
     assert "no TRAIL adapter" in capsys.readouterr().err
 
 
