@@ -18,11 +18,15 @@ windows at a time:
 The explanation targets and the forced forecast sentence state the next window's *events*
 (what a reader is told), whatever the label.
 
-Model selection: every ``eval_every`` steps the validation windows are scored; the step whose
-top 10 captures the largest share of the label the best possible top 10 would have held
+Model selection: every ``eval_every`` steps the validation windows are scored by how large a
+share of the label the best possible top 10 would have held the model's top 10 captures
 (``captured@10``: with the returning-users label, the protocol's HR@10 numerator as far as
-snapshot rows can tell it) is the one saved, and the raw faithfulness of greedy explanations
-of ``faithfulness_items`` validation items is recorded beside it.
+snapshot rows can tell it), and the raw faithfulness of greedy explanations of
+``faithfulness_items`` validation items is measured. Ranking decides: a step replaces the
+selected one when its captured@10 is higher by more than the standard error of the mean over
+validation windows; where the two lie within that error of each other (the validation set
+cannot tell their rankings apart, the one-standard-error rule of model selection), the more
+faithful one is kept (:func:`preferred`).
 
 Checkpoints (``--out DIR`` resumes from them) and the selected weights are written by
 :mod:`model.training_checkpoints`: tensors in safetensors, state in JSON, nothing pickled.
@@ -154,6 +158,9 @@ def validate(
         for key in _METRICS:
             values = [m[key] for m in metrics]
             result[f"{name}_{key}"] = float(np.mean(values)) if values else float("nan")
+    captured = [m["captured@10"] for m in model_metrics]
+    if len(captured) >= 2:
+        result[f"{SELECT_BY}_se"] = float(np.std(captured, ddof=1) / math.sqrt(len(captured)))
     to_explain = to_explain[:faithfulness_items]
     if to_explain:
         texts = model.explain(
@@ -166,6 +173,30 @@ def validate(
         result["val_faithfulness"] = float(np.mean([c.faithfulness for c in checks]))
         result["val_contradiction_rate"] = float(np.mean([c.contradiction_rate for c in checks]))
     return result
+
+
+def preferred(candidate: Mapping[str, float], selected: Mapping[str, float]) -> bool:
+    """Whether a validated step replaces the selected one: by ranking first, then faithfulness.
+
+    Rankings whose ``val_captured@10`` differ by no more than the larger of the two standard
+    errors (``val_captured@10_se``; 0 where a validation did not record one) count as equal,
+    and then the higher ``val_faithfulness`` wins (the earlier step stays on a tie or where
+    either lacks it); otherwise the higher captured@10 wins.
+
+    >>> a = {"val_captured@10": 0.587, "val_captured@10_se": 0.04, "val_faithfulness": 0.86}
+    >>> b = {"val_captured@10": 0.566, "val_captured@10_se": 0.03, "val_faithfulness": 0.93}
+    >>> preferred(b, a)  # within the error: the more faithful one
+    True
+    >>> preferred({**b, "val_captured@10": 0.50}, a)  # clearly worse ranking
+    False
+    >>> preferred({**b, "val_captured@10_se": 0.0}, {**a, "val_captured@10_se": 0.0})
+    False
+    """
+    noise = max(candidate.get(f"{SELECT_BY}_se", 0.0), selected.get(f"{SELECT_BY}_se", 0.0))
+    gain = candidate[SELECT_BY] - selected[SELECT_BY]
+    if abs(gain) <= noise and "val_faithfulness" in candidate and "val_faithfulness" in selected:
+        return candidate["val_faithfulness"] > selected["val_faithfulness"]
+    return gain > 0
 
 
 def _sample(split: SnapshotSplit, config: TrainConfig, rng: random.Random) -> list[list[Example]]:
@@ -345,7 +376,7 @@ def train(
                     **validate(model, split.validation, config.faithfulness_items),
                 }
             validations.append(metrics)
-            if best is None or metrics[SELECT_BY] > best[SELECT_BY]:
+            if best is None or preferred(metrics, best):
                 best = metrics
                 save_weights(best_path, model, {"step": done, **metrics})
             tqdm.write(
@@ -383,6 +414,10 @@ def train(
         "final_parts": {k: _mean_tail(history, k) for k in ("mse", "lm", "rank", "expl")},
         "initialised_from": initialised_from,
         "selected_by": SELECT_BY,
+        "selection_rule": (
+            f"{SELECT_BY} higher by more than its standard error over validation windows; "
+            "within it, val_faithfulness"
+        ),
         "validation": best or {},
         "validation_history": validations,
         "seconds_this_run": round(time.perf_counter() - started, 1),

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from model.scorer import TrailScorer
 from model.trail import TrailConfig, TrailModel
-from model.training import TrainConfig, split_snapshots, step_loss, train
+from model.training import TrainConfig, preferred, split_snapshots, step_loss, train
 from streams.cli import main as trail
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -359,8 +359,9 @@ def test_published_explanations_are_judged_by_the_forecast_they_state(
 def test_adapter_gets_the_selected_steps_weights(
     tiny_model: Path, snapshots: Path, tmp_path: Path
 ) -> None:
-    """The adapter written is the validation step with the best ``captured@10`` (earliest on
-    ties), not simply the last step, and the manifest says which step and why.
+    """The adapter written is the validation step that :func:`preferred` keeps (ranking by
+    ``captured@10`` first, faithfulness where the rankings tie within their error), not simply
+    the last step, and the manifest says which step and why.
 
     Catches: a selection that is recorded but whose weights are not the ones saved, or a run
     that saves its last step whatever validation said.
@@ -385,7 +386,10 @@ def test_adapter_gets_the_selected_steps_weights(
     )
     history = manifest["validation_history"]
     assert [v["step"] for v in history] == [2, 4, 6]
-    best = max(history, key=lambda v: (v["val_captured@10"], -v["step"]))
+    best = history[0]
+    for validation in history[1:]:
+        if preferred(validation, best):
+            best = validation
     assert manifest["selected_by"] == "val_captured@10"
     assert manifest["validation"]["step"] == best["step"]
     assert 0.0 <= history[0]["val_faithfulness"] <= 1.0
