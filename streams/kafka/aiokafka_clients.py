@@ -25,6 +25,13 @@ from streams.settings import Settings
 
 #: Fetch limits of every consumer: whole batches, big enough for a round of many partitions.
 _FETCH = {"max_partition_fetch_bytes": 4 * 1024 * 1024, "fetch_max_bytes": 32 * 1024 * 1024}
+#: How long the broker holds a reader's empty fetch. A reader keeps fetching its assigned
+#: partitions in the background, and the broker answers one connection's requests in order,
+#: so each offset lookup of a reader with an idle assignment (the changelog after a restore,
+#: the followed items partitions) waited out the 500 ms default: an assignment's ten or so
+#: lookups took 5 to 6.7 s, inside the assignment callback, where no heartbeat is sent. At
+#: 50 ms an idle reader asks about 20 times a second instead of twice.
+_READER_FETCH_MAX_WAIT_MS = 50
 
 
 def _theirs(tp: TopicPartition) -> Any:
@@ -167,6 +174,7 @@ class AiokafkaClients:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=_READER_FETCH_MAX_WAIT_MS,
             **_FETCH,
         )
         await consumer.start()

@@ -21,6 +21,8 @@ from kafka_support import ml100k, unique_settings
 
 from schemas import Event, RecordError, TrendingItem, TrendingSnapshot, decode, encode
 from streams.engine import Engine
+from streams.kafka.aiokafka_clients import AiokafkaClients
+from streams.kafka.clients import TopicPartition
 from streams.kafka.deadletters import (
     DLQ_MAX_VALUE_BYTES,
     DeadLetter,
@@ -477,3 +479,33 @@ def test_batch_sender_keeps_order_across_batches(
     values = asyncio.run(scenario())
     assert values == [str(i).encode() for i in range(3000)]
     assert list(itertools.islice(values, 2)) == [b"0", b"1"]
+
+
+@pytest.mark.kafka
+def test_a_readers_offset_lookups_do_not_wait_out_its_idle_fetch(
+    kafka_bootstrap: str, kafka_topic_factory: Callable[..., str]
+) -> None:
+    """A reader keeps fetching its assigned partitions, and the broker answers one
+    connection's requests in order: each offset lookup waits for the fetch in flight, which the
+    broker holds while the partitions are idle. A worker's assignment makes about ten such
+    lookups inside the rebalance callback, where no heartbeat goes out, so each must be quick
+    (the broker's default hold, 500 ms each, made them outlast a 6 s session timeout)."""
+    topic = kafka_topic_factory(partitions=4, prefix="idle")
+    tps = [TopicPartition(topic, partition) for partition in range(4)]
+
+    async def scenario() -> list[float]:
+        reader = await AiokafkaClients().start_reader(unique_settings(kafka_bootstrap, "idle"))
+        try:
+            reader.assign(tps)
+            await reader.getmany(*tps, timeout_ms=300)  # nothing there: a fetch is held now
+            took = []
+            for tp in tps * 2:
+                started = time.perf_counter()
+                await reader.beginning_offsets([tp])
+                took.append(time.perf_counter() - started)
+            return took
+        finally:
+            await reader.stop()
+
+    took = sorted(asyncio.run(scenario()))
+    assert took[len(took) // 2] < 0.25, took
