@@ -1,20 +1,22 @@
 """``trail worker --runtime faust``: the same worker, its consumer group a Faust app.
 
 The Faust app owns the consumer group: membership, partition assignment and rebalances, the
-stream of records, and the offset commits. Its parts:
+fetching (its consumer thread), the flow control around rebalances, and the offset commits.
+Its parts:
 
-- **One agent** on the events topic and the trending-partials topic. It takes the records in
-  batches (``noack_take``, up to ``batch_size`` within 50 ms) and hands them, grouped by
-  partition, to the very same round as the aiokafka runtime
-  (:meth:`~streams.kafka.runtimes.GroupMember.round`): one :class:`~streams.engine.Engine` per
-  events partition, the same outputs, the same trending merge.
+- **A batch drain.** The app's consumer hands each fetch, as aiokafka returns it (the records
+  grouped by partition), to the very same round as the aiokafka runtime
+  (:meth:`~streams.kafka.runtimes.GroupMember.apply_fetch`): one
+  :class:`~streams.engine.Engine` per events partition, the same outputs, the same trending
+  merge. Faust's own drain hands an agent one record at a time (two tasks, an event object, a
+  queue and a decode call per record), which cost several times the rounds' own work, so the
+  app has no agent: its topics are subscribed as they are, with Faust's acks off.
 - **One timer** (every 200 ms) runs an empty round, so that idle partitions still report
   progress, due checkpoints are taken and the trending merge publishes windows held back only
   by an idle partition.
-- **Manual commits.** Events are taken with acks disabled and acknowledged only once the
-  checkpoint that covers them is durable; Faust then commits the acknowledged offsets. A
-  crash re-delivers everything after the last checkpoint, and records at or below it are
-  skipped, exactly as in the aiokafka runtime.
+- **Manual commits.** Offsets are committed through the app's consumer only once the
+  checkpoint that covers them is durable. A crash re-delivers everything after the last
+  checkpoint, and records at or below it are skipped, exactly as in the aiokafka runtime.
 - **State.** Each partition's state is the same checkpoint in the same compacted
   ``<app_id>-state-changelog`` topic (:class:`~streams.kafka.state.StateStore`), restored in
   the app's ``on_partitions_assigned`` signal and written on revocation
@@ -25,11 +27,10 @@ stream of records, and the offset commits. Its parts:
   partitions the app assigned (read up to their end at assignment, then at every round,
   including the timer's), so both runtimes keep the same metadata in the same checkpoints.
 
-Throughput: Faust handles every record as an event object (decode, buffer, ack), which costs
-far more than the engine's batched work; ``bench/kafka.py --runtime faust`` measures it. The
-aiokafka runtime is the default for that reason; the two share everything else and keep the
-same checkpoints, so one can take over a group's state from the other (stop every worker of
-the group first: the two do not join one group together).
+The aiokafka runtime stays the default (``bench/kafka.py --runtime faust`` measures the
+difference: Faust fetches in its own thread and hands each fetch across); the two share
+everything else and keep the same checkpoints, so one can take over a group's state from the
+other (stop every worker of the group first: the two do not join one group together).
 
 Faust needs a real broker: this runtime has no in-memory counterpart.
 """
@@ -37,21 +38,23 @@ Faust needs a real broker: this runtime has no in-memory counterpart.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from streams.kafka.clients import Fetched, TopicPartition
+from streams.kafka.clients import CommitFailed, Fetched, TopicPartition
 from streams.kafka.options import client_options, faust_credentials
 from streams.kafka.runtimes import GroupMember
 from streams.settings import Settings
 
 log = logging.getLogger("trail.worker.faust")
 
-#: How long the agent waits to fill a batch before it processes what it has.
-TAKE_WITHIN_S = 0.05
 #: How often the timer runs an empty round (progress, due checkpoints, trending merge).
 TICK_S = 0.2
+#: How long one fetch of the drain waits for records (as long as Faust's own drain waits).
+FETCH_TIMEOUT_S = 1.0
+
+#: Drains the app's consumer: ``(consumer, fetcher)``, the Faust ``Fetcher`` service that runs it.
+Drain = Callable[[Any, Any], Awaitable[None]]
 
 
 def faust_app(settings: Settings, client_id: str) -> Any:
@@ -73,15 +76,35 @@ def faust_app(settings: Settings, client_id: str) -> Any:
         broker_client_id=client_id,
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_heartbeat_interval=max(0.3, settings.session_timeout_ms / 5000),
-        broker_commit_interval=1.0,
         broker_max_poll_records=settings.batch_size,
-        stream_buffer_maxsize=max(4096, settings.batch_size),
-        # Events are acknowledged only after their checkpoint: a rebalance must not wait for
-        # acks (the revocation handler writes the checkpoints and acks them itself).
+        # No stream holds events: a rebalance has nothing to wait for (the revocation handler
+        # writes the checkpoints and commits them itself).
         stream_wait_empty=False,
         producer_acks=-1,
         **options,
     )
+
+
+def batch_draining(consumer_class: Any, drain: Drain) -> Any:
+    """A Faust transport's ``consumer_class`` whose fetcher runs ``drain`` instead of Faust's
+    per-record drain, with the two calls the drain and the commits need."""
+
+    class BatchDrainingConsumer(consumer_class):  # type: ignore[misc]
+        async def _drain_messages(self, fetcher: Any) -> None:
+            await drain(self, fetcher)
+
+        async def next_fetch(self, timeout: float) -> Fetched:
+            """The next fetch of the active partitions (empty after ``timeout``); it waits while
+            a rebalance has stopped the flow, as Faust's own drain does."""
+            records, _ = await self._wait_next_records(timeout)
+            return records or {}
+
+        async def commit_offsets(self, offsets: Mapping[Any, int]) -> bool:
+            """Commit ``offsets`` (each partition's next offset to read) now; False when the
+            group rebalanced first."""
+            return bool(await self._commit(offsets))
+
+    return BatchDrainingConsumer
 
 
 def _faust_tp(tp: TopicPartition) -> Any:
@@ -96,8 +119,6 @@ class FaustRuntime:
     def __init__(self) -> None:
         self.app: Any = None
         self._member: GroupMember | None = None
-        self._stream: Any = None
-        self._unacked: dict[Any, deque[Any]] = defaultdict(deque)
         self._failure: BaseException | None = None
 
     def _host(self) -> GroupMember:
@@ -109,16 +130,9 @@ class FaustRuntime:
         self._member = member
         settings = member.settings
         self.app = app = faust_app(settings, f"trail-{member.worker_id}")
-        topic = app.topic(
-            settings.events_topic,
-            member.partials_topic,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            allow_empty=True,
-        )
-        app.agent(topic, name="trail.events")(self._agent)
+        # The transport makes the app's consumer (on the app's first use of it) from this class.
+        app.transport.Consumer = batch_draining(type(app.transport).Consumer, self._drain)
+        app.topics.add(app.topic(settings.events_topic, member.partials_topic, acks=False))
         app.timer(TICK_S, name="trail.tick")(self._tick)
         app.on_partitions_revoked.connect(self._revoked)
         app.on_partitions_assigned.connect(self._assigned)
@@ -135,15 +149,47 @@ class FaustRuntime:
             raise self._failure
 
     # -------------------------------------------------------------- the app's parts
-    async def _agent(self, stream: Any) -> None:
-        self._stream = stream
+    async def _drain(self, consumer: Any, fetcher: Any) -> None:
+        """Hand each fetch to the round until the worker, the consumer or Faust's fetcher stops."""
         member = self._host()
         try:
-            async for events in stream.noack_take(member.settings.batch_size, TAKE_WITHIN_S):
-                await self._on_events(events)
-        except Exception as exc:  # the worker must stop, not the agent alone
-            self._fail(exc)
-            raise
+            while not (member.stopping.is_set() or consumer.should_stop or fetcher.should_stop):
+                # The generation is read under the lock, so never while an assignment is being
+                # restored: a fetch that a rebalance then crosses is put back where the state is.
+                async with member.lock:
+                    generation = member.generation
+                batches = await consumer.next_fetch(FETCH_TIMEOUT_S)
+                if not batches or member.stopping.is_set():
+                    continue
+                if generation == member.generation:
+                    batches = await self._seek_back_over_gaps(batches)
+                await member.apply_fetch(generation, batches)
+                if member.finished():
+                    member.stop()
+        except Exception as exc:  # the worker must stop, not hang with a dead fetcher
+            if not member.stopping.is_set():
+                self._fail(exc)
+
+    async def _seek_back_over_gaps(self, batches: Fetched) -> Fetched:
+        """The fetch without the owned events partitions whose records start past the state's
+        position, which are sought back there: a seek from this thread can cross a fetch that
+        the consumer's thread is completing, which then hands back the old position's records."""
+        member = self._host()
+        events_topic = member.settings.events_topic
+        kept = {}
+        for tp, records in batches.items():
+            position = member.position(tp.partition) if tp.topic == events_topic else None
+            if records and position is not None and 0 <= position < records[0].offset - 1:
+                log.warning(
+                    "partition %d: got offset %d after %d; seeking back",
+                    tp.partition,
+                    records[0].offset,
+                    position,
+                )
+                await self.seek(tp, position + 1)
+            else:
+                kept[tp] = records
+        return kept
 
     async def _tick(self) -> None:
         member = self._host()
@@ -162,47 +208,18 @@ class FaustRuntime:
         self._failure = exc
         self._host().stop()
 
-    async def _on_events(self, events: Sequence[Any]) -> None:
-        member = self._host()
-        batches: dict[Any, list[Any]] = defaultdict(list)
-        for event in events:
-            batches[event.message.tp].append(event.message)
-            self._unacked[event.message.tp].append(event)
-        async with member.lock:
-            for tp, records in list(batches.items()):
-                if tp.topic != member.settings.events_topic:
-                    continue
-                position = member.position(tp.partition)
-                if position is None:
-                    # Not ours (any more): its owner resumes from its own checkpoint.
-                    del batches[tp]
-                elif records[0].offset > position + 1 and position >= 0:
-                    # A gap after the state's position (records fetched before a rebalance
-                    # and dropped by Faust): read them again from there.
-                    log.warning(
-                        "partition %d: got offset %d after %d; seeking back",
-                        tp.partition,
-                        records[0].offset,
-                        position,
-                    )
-                    await self.seek(tp, position + 1)
-                    del batches[tp]
-            fetched: Fetched = batches
-            await member.round(fetched)
-        if member.finished():
-            member.stop()
-
     async def _revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
         await self._host().on_revoked(list(revoked))
-        for tp in revoked:
-            self._unacked.pop(tp, None)
 
     async def _assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
         await self._host().on_assigned(list(assigned))
 
     # -------------------------------------------------------------- the group consumer
     async def seek(self, tp: TopicPartition, offset: int) -> None:
-        await self.app.consumer.seek(_faust_tp(tp), offset)
+        # In the consumer's own thread: a seek from this one deletes aiokafka's buffered records
+        # of the partition while that thread may be iterating them (a KeyError there stopped
+        # Faust's fetcher for good, an assignment's seeks racing the first fetch).
+        await self.app.consumer.seek_wait({_faust_tp(tp): offset})
 
     async def seek_to_beginning(self, tp: TopicPartition) -> None:
         await self.seek(tp, await self._host().beginning(tp))
@@ -230,13 +247,11 @@ class FaustRuntime:
         return None if highwater is None else int(highwater)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Acknowledge every event below each offset: Faust commits acknowledged offsets."""
-        if self._stream is None:
+        if self.app is None or not offsets:
             return
-        for tp, offset in offsets.items():
-            pending = self._unacked.get(tp)
-            while pending and pending[0].message.offset < offset:
-                await self._stream.ack(pending.popleft())
+        mine = {_faust_tp(tp): offset for tp, offset in offsets.items()}
+        if not await self.app.consumer.commit_offsets(mine):
+            raise CommitFailed(f"offsets {mine} not committed: the group rebalanced first")
 
     def consuming(self) -> bool:
         return self.app is not None
