@@ -55,6 +55,7 @@ from streams.engine import Engine, WindowResult  # noqa: E402
 from streams.eventlog import load_events  # noqa: E402
 from streams.kafka.publisher import encode_score_updates  # noqa: E402
 from streams.registry import scorer_factory  # noqa: E402
+from streams.scoring import DEFAULT_RESCORE_TOP  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.trend.windows import parse_duration  # noqa: E402
 
@@ -319,7 +320,7 @@ def main() -> int:
     parser.add_argument("--window", default="7d")
     parser.add_argument("--windows", type=int, default=6, help="timed windows (p50/p95 over)")
     parser.add_argument("--changed", type=int, default=1000, help="changed items per window")
-    parser.add_argument("--rescore-top", type=int, default=50)
+    parser.add_argument("--rescore-top", type=int, default=DEFAULT_RESCORE_TOP)
     parser.add_argument("--explain-top", type=int, default=10)
     parser.add_argument("--catalog", type=int, default=0, help="long-quiet items to add")
     parser.add_argument(

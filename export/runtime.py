@@ -55,6 +55,7 @@ from model.priors import prior_log_count
 from model.prompts import ChatPieces, PromptEncoder, build_prompt, chat_pieces, chat_prompt
 from model.scorer import CascadeScorer
 from schemas import ItemFeatures
+from streams.scoring import DEFAULT_RESCORE_TOP
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -396,7 +397,7 @@ class OrtTrailScorer(CascadeScorer):
     def __init__(
         self,
         model_dir: Path,
-        rescore_top: int = 50,
+        rescore_top: int = DEFAULT_RESCORE_TOP,
         providers: Sequence[str] | None = None,
         *,
         batch_size: int = SCORE_BATCH,

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from model.cascade import RankingStage, blended
 from model.explain import complete_sentences
 from model.priors import prior_scores
+from streams.scoring import DEFAULT_RESCORE_TOP
 from streams.trend.catalog import rank_positions, tie_ranks
 from streams.trend.features import FeatureFrame
 from streams.trend.state import WindowOutcome
@@ -166,7 +167,7 @@ class TrailScorer(CascadeScorer):
         adapter_dir: Path,
         *,
         base_model: str | None = None,
-        rescore_top: int = 50,
+        rescore_top: int = DEFAULT_RESCORE_TOP,
         guard: bool = True,
     ) -> None:
         from model.trail import TrailModel

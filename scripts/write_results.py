@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from model.baselines import CLASSIC_BASELINES
+from streams.scoring import DEFAULT_RESCORE_TOP
 
 DATASETS = [("ml-100k", "7d"), ("ml-1m", "7d"), ("amazon-beauty", "30d")]
 CLASSIC = list(CLASSIC_BASELINES)
@@ -56,7 +57,7 @@ def main() -> int:
         "",
         "Produced by `bash scripts/results.sh` (`trail evaluate DATASET --window W "
         "--test-windows 8 --scorer ...` per dataset, rendered by `scripts/write_results.py`). "
-        "Protocol (docs/architecture.md, \"Evaluation protocol\"): rankings at the end of each "
+        'Protocol (docs/architecture.md, "Evaluation protocol"): rankings at the end of each '
         "of the 8 windows before the last complete one, judged on the next window; HR@K / "
         "NDCG@K pooled over (user, window) pairs with 95% bootstrap intervals; ratios are to "
         "the best *classic* baseline of that dataset (mostpop, last-window, ewma-1/2/4, "
@@ -64,9 +65,9 @@ def main() -> int:
         "scorer is online: the `ranker` refits at every window on the 36 windows before it "
         "(never on the window it ranks), `decay-tuned` picks its half-life on the 8 windows "
         "before, River learns window by window. TRAIL ranks with the online ranker, "
-        "re-scores its top 50 with the LM and explains the top 10; the LM's residual moves "
-        "the ranking as far as it helped on the windows already judged. SASRec ranks per "
-        "user (the personalized reference). MAE@10 is the mean absolute error of the "
+        f"re-scores its top {DEFAULT_RESCORE_TOP} with the LM and explains the top 10; the LM's "
+        "residual moves the ranking as far as it helped on the windows already judged. SASRec "
+        "ranks per user (the personalized reference). MAE@10 is the mean absolute error of the "
         "forecasts of each window's top 10 (next-window events; returning users where the "
         "scorer forecasts them). Every evaluation ran on this project's 2-core CPU machine, "
         "shared with other work; `s` is the replay's wall time with that scorer.",

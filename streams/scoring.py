@@ -24,6 +24,10 @@ FloatArray = npt.NDArray[np.float64]
 
 log = logging.getLogger("trail.scoring")
 
+#: Items the cheap stage passes to an LM scorer per window (M). A window's LM work grows with
+#: it (``bench/window.py`` splits the time); RESULTS.md's TRAIL rows are measured at this M.
+DEFAULT_RESCORE_TOP = 20
+
 
 @runtime_checkable
 class Scorer(Protocol):

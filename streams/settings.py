@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.engine import EngineConfig
+from streams.scoring import DEFAULT_RESCORE_TOP
 from streams.trend.folders import default_cache_dir
 from streams.trend.state import TrendConfig
 from streams.trend.windows import DEFAULT_WINDOW, WindowSpec, parse_duration
@@ -46,7 +47,9 @@ class Settings(BaseSettings):
         EngineConfig.ranking_depth, ge=1, description="Items kept in each recorded ranking"
     )
     scorer: str = Field("river", description="Scorer name (see `trail replay --help`)")
-    rescore_top: int = Field(50, ge=1, description="Items the cheap ranker passes to TRAIL (M)")
+    rescore_top: int = Field(
+        DEFAULT_RESCORE_TOP, ge=1, description="Items the cheap ranker passes to TRAIL (M)"
+    )
     model_dir: Path | None = Field(None, description="Exported ONNX model folder to serve")
     adapter: Path | None = Field(None, description="TRAIL adapter folder (PyTorch scorer)")
     # Not `runtime`: that one picks the Kafka worker's group consumer.
