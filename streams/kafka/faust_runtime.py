@@ -61,6 +61,11 @@ def faust_app(settings: Settings, client_id: str) -> Any:
     """The Faust app of a worker: our consumer group, no web server, topics created by us."""
     import faust
 
+    # Faust makes its data folder even with an in-memory store: by default "<app id>-data" in
+    # the current folder, which a worker started from a checkout would litter. It keeps it in
+    # the cache instead, one per app id, as Faust expects it to persist across restarts.
+    datadir = settings.cache_dir / "faust" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {}
     if settings.security_protocol != "PLAINTEXT":
         options["broker_credentials"] = faust_credentials(settings)
@@ -69,6 +74,7 @@ def faust_app(settings: Settings, client_id: str) -> Any:
         broker=[f"kafka://{server.strip()}" for server in settings.broker.split(",")],
         autodiscover=False,
         store="memory://",
+        datadir=str(datadir),
         web_enabled=False,
         topic_allow_declare=False,  # the worker creates its topics with their settings
         topic_disable_leader=True,

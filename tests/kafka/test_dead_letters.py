@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from kafka_support import (
+    REPO_ROOT,
     RUNTIMES,
     WorkerProcess,
     assert_same_updates,
@@ -99,6 +100,8 @@ def test_malformed_records_are_dead_lettered_and_good_ones_counted(
         assert worker.wait(240) == 0, worker.log_text()
     finally:
         worker.close()
+    # Faust's data folder goes to the cache, not "<app id>-data" in the worker's folder.
+    assert not (REPO_ROOT / f"{settings.app_id}-data").exists()
 
     records = read_topics(kafka_bootstrap, settings.dlq_topic, settings.scores_topic)
     letters = [read_dead_letter(r) for r in records[settings.dlq_topic]]
