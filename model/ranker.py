@@ -10,18 +10,23 @@ every candidate, in the order of its EW mean. There is no offline step: the rank
 any log and to a live stream, and until it has seen ``min_windows`` labelled windows it ranks
 by the EW mean alone.
 
-Its state (the training groups, and the fitted model in LightGBM's own text format) is plain
-data: a worker checkpoints it and a restored ranker refits to the identical model (one
-thread, fixed seeds, deterministic LightGBM), so kill -9 recovery stays exact. No pickle.
+Its state (the training groups, and the fitted models in LightGBM's own text format) is
+plain data: a worker checkpoints it and a restored ranker refits to the identical models (one
+thread each, fixed seeds, deterministic LightGBM), so kill -9 recovery stays exact. No pickle.
 
 Two small LightGBM models fitted on the same rows (L1 loss on the next window's events and
-on its returning users) give calibrated forecasts: :meth:`OnlineRanker.forecast`.
+on its returning users) give calibrated forecasts: :meth:`OnlineRanker.forecast`. The three
+boosters of a refit are fitted concurrently in background threads (LightGBM releases the
+GIL; each booster alone is still one deterministic thread, so the models are the ones a
+serial fit makes): :meth:`~OnlineRanker.score` waits only for the ranker, and the forecast
+models finish while the window goes on.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -169,12 +174,29 @@ class TrainingGroup:
 
 
 @dataclass(frozen=True)
-class _Fitted:
-    ranker: lightgbm.Booster
-    counter: lightgbm.Booster
-    returner: lightgbm.Booster
+class _Timed:
+    """One fitted booster and when its fit ran (``time.perf_counter`` seconds)."""
+
+    booster: lightgbm.Booster
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True)
+class _Refit:
+    """One refit on ``windows``: the ranker and the two forecast models, each its own task."""
+
     windows: tuple[int, ...]
-    seconds: float
+    ranker: Future[_Timed]
+    counter: Future[_Timed]
+    returner: Future[_Timed]
+
+
+def _fit_threads() -> int:
+    """Threads for a refit's three boosters: one each, but no more than the CPUs this process
+    may use (on two cores a third thread would only slow the ranker the window waits for)."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(3, len(usable) if usable else os.cpu_count() or 1))
 
 
 class OnlineRanker(SilentScorer):
@@ -188,8 +210,11 @@ class OnlineRanker(SilentScorer):
     name = "ranker"
     learns_online = True
 
-    def __init__(self, config: RankerConfig | None = None) -> None:
+    def __init__(self, config: RankerConfig | None = None, fit_threads: int | None = None) -> None:
+        """``fit_threads``: threads that fit a refit's boosters (default :func:`_fit_threads`);
+        it changes when a model is ready, never the model."""
         self.config = config or RankerConfig()
+        self._fit_thread_count = fit_threads or _fit_threads()
         self._groups: collections.deque[TrainingGroup] = collections.deque(
             maxlen=self.config.span
         )
@@ -199,16 +224,26 @@ class OnlineRanker(SilentScorer):
         self._fitted_on: tuple[int, ...] = ()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: Future[_Fitted] | None = None
+        # The latest refit started and not installed yet.
+        self._pending: _Refit | None = None
+        # The refit whose ranker is installed and whose forecast models are not yet.
+        self._forecasting: _Refit | None = None
         # Whether score() ran yet: a replay that scores only its last windows fits only then.
         self._scored = False
         self.columns: list[str] = []
-        #: Seconds of each refit (fit plus predict), for benchmarks and logs.
-        self.fit_seconds: list[float] = []
+        self._fit_seconds: list[float] = []
 
     @property
     def version(self) -> str:
         return f"ranker@{self.config.tag}"
+
+    @property
+    def fit_seconds(self) -> list[float]:
+        """Seconds of each installed refit (first booster's start to last one's end), for
+        benchmarks and logs; a refit whose forecast models are still fitting is waited for."""
+        with self._lock:
+            self._install_forecasts()
+        return self._fit_seconds
 
     # ---------------------------------------------------------------- learning
     def _label(self, outcome: WindowOutcome) -> FloatArray:
@@ -236,7 +271,7 @@ class OnlineRanker(SilentScorer):
             )
         )
         if self.ready and self._scored:
-            self._start_fit()
+            self._pending = self._start_fit()
 
     def _params(self, objective: str) -> dict[str, Any]:
         config = self.config
@@ -259,47 +294,31 @@ class OnlineRanker(SilentScorer):
             params["lambdarank_truncation_level"] = LABEL_CAP
         return params
 
-    def _fit_models(self, groups: tuple[TrainingGroup, ...]) -> _Fitted:
-        """Fit the ranker and the two forecast models on ``groups`` (touches no state, so it
-        can run in the background thread)."""
+    def _fit_ranker(self, groups: tuple[TrainingGroup, ...], columns: list[str]) -> _Timed:
+        """Fit the lambdarank ranker on ``groups`` (touches no state: runs in a fit thread)."""
         started = time.perf_counter()
         # Capped here, not when a group is learned, so that a group stored whole (by a
         # checkpoint written before the cap) still fits.
-        rank_columns = [i for i, name in enumerate(self.columns) if name.startswith("rank_")]
+        rank_columns = [i for i, name in enumerate(columns) if name.startswith("rank_")]
         queries = [cap_query(g.labels, g.features[:, rank_columns]) for g in groups]
         data = lightgbm.Dataset(
             np.concatenate([g.features[q] for g, q in zip(groups, queries, strict=True)]),
             np.concatenate([g.labels[q] for g, q in zip(groups, queries, strict=True)]),
             group=[q.shape[0] for q in queries],
-            feature_name=self.columns,
+            feature_name=columns,
         )
         ranker = lightgbm.train(self._params("lambdarank"), data, num_boost_round=self.config.trees)
-        features = np.concatenate([g.features for g in groups])
-        rounds = max(50, self.config.trees // 3)
-        forecasts = []
-        for target in (
-            np.concatenate([g.next_counts for g in groups]),
-            np.concatenate([g.next_returning for g in groups]),
-        ):
-            dataset = lightgbm.Dataset(features, target, feature_name=self.columns)
-            forecasts.append(lightgbm.train(self._params("l1"), dataset, num_boost_round=rounds))
-        return _Fitted(
-            ranker,
-            forecasts[0],
-            forecasts[1],
-            tuple(g.window_end for g in groups),
-            time.perf_counter() - started,
-        )
+        return _Timed(ranker, started, time.perf_counter())
 
-    def _install(self, fitted: _Fitted) -> None:
-        with self._lock:
-            self._ranker, self._counter, self._returner = (
-                fitted.ranker,
-                fitted.counter,
-                fitted.returner,
-            )
-            self._fitted_on = fitted.windows
-        self.fit_seconds.append(fitted.seconds)
+    def _fit_forecast(
+        self, features: npt.NDArray[np.float32], target: npt.NDArray[np.float32], columns: list[str]
+    ) -> _Timed:
+        """Fit one L1 forecast model on every stored row (runs in a fit thread)."""
+        started = time.perf_counter()
+        dataset = lightgbm.Dataset(features, target, feature_name=columns)
+        rounds = max(50, self.config.trees // 3)
+        model = lightgbm.train(self._params("l1"), dataset, num_boost_round=rounds)
+        return _Timed(model, started, time.perf_counter())
 
     @property
     def ready(self) -> bool:
@@ -308,24 +327,54 @@ class OnlineRanker(SilentScorer):
     def _wanted(self) -> tuple[int, ...]:
         return tuple(g.window_end for g in self._groups)
 
-    def _start_fit(self) -> None:
-        """Fit on the current groups in the background thread (LightGBM releases the GIL):
-        a live worker's event loop keeps running, and the next :meth:`score` finds the model
-        ready. The result is the same as fitting in the foreground (deterministic, one
-        thread), so when it is used never changes a ranking."""
+    def _start_fit(self) -> _Refit:
+        """Fit on the current groups in the fit threads (LightGBM releases the GIL): a live
+        worker's event loop keeps running, and the next :meth:`score` finds the model ready.
+        The ranker is submitted first, so with fewer threads than boosters it is the one not
+        kept waiting. The models are the ones a foreground fit makes (deterministic, one
+        thread each), so when they are used never changes a ranking or a forecast."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker-fit")
-        self._pending = self._pool.submit(self._fit_models, tuple(self._groups))
+            self._pool = ThreadPoolExecutor(
+                max_workers=self._fit_thread_count, thread_name_prefix="ranker-fit"
+            )
+        groups, columns = tuple(self._groups), list(self.columns)
+        ranker = self._pool.submit(self._fit_ranker, groups, columns)
+        features = np.concatenate([g.features for g in groups])
+        counter, returner = (
+            self._pool.submit(self._fit_forecast, features, target, columns)
+            for target in (
+                np.concatenate([g.next_counts for g in groups]),
+                np.concatenate([g.next_returning for g in groups]),
+            )
+        )
+        return _Refit(tuple(g.window_end for g in groups), ranker, counter, returner)
 
     def _refit_if_needed(self) -> None:
+        """Install the ranker fitted on the current groups (waiting for it, or fitting it when
+        no refit on them is pending); its forecast models follow in :meth:`_install_forecasts`."""
         wanted = self._wanted()
         if not self.ready or self._fitted_on == wanted:
             return
         pending, self._pending = self._pending, None
-        fitted = pending.result() if pending is not None else None
-        if fitted is None or fitted.windows != wanted:
-            fitted = self._fit_models(tuple(self._groups))
-        self._install(fitted)
+        if pending is None or pending.windows != wanted:
+            pending = self._start_fit()
+        ranker = pending.ranker.result().booster
+        with self._lock:
+            # Each refit is installed whole: the previous one's forecast models first.
+            self._install_forecasts()
+            self._ranker, self._fitted_on, self._forecasting = ranker, pending.windows, pending
+
+    def _install_forecasts(self) -> None:
+        """Install the forecast models of the refit whose ranker is installed, waiting for
+        them (the caller holds the lock: a checkpoint never sees models of two refits). A fit
+        that failed raises here, and again at each later call, never storing a mixed set."""
+        refit = self._forecasting
+        if refit is None:
+            return
+        timed = [refit.ranker.result(), refit.counter.result(), refit.returner.result()]
+        self._forecasting = None
+        self._counter, self._returner = timed[1].booster, timed[2].booster
+        self._fit_seconds.append(max(t.finished for t in timed) - min(t.started for t in timed))
 
     # ----------------------------------------------------------------- scoring
     def score(self, features: FeatureFrame) -> FloatArray:
@@ -351,10 +400,13 @@ class OnlineRanker(SilentScorer):
 
         Before the first fit, and for items without events in the recent windows, the
         forecast is the EW mean (half-life one window) of events and of returning users.
+        The first call after a refit waits for its forecast models.
         """
         counts = features.ew_at(1.0).copy()
         returning = features.returning_ew.copy()
         self._refit_if_needed()
+        with self._lock:
+            self._install_forecasts()
         if self._counter is None or self._returner is None:
             return counts, returning
         active = recently_active(features)
@@ -372,10 +424,13 @@ class OnlineRanker(SilentScorer):
     def state_dict(self) -> dict[str, Any]:
         """The training groups and fitted models as plain data (no pickle).
 
-        A fit still running in the background is not waited for: the stored models are the
-        last installed ones, and a restored ranker refits to the identical model.
+        A refit whose ranker is not installed yet is not waited for: the stored models are
+        the last installed ones, and a restored ranker refits to the identical models. Once
+        its ranker is installed, its forecast models are waited for, so the three stored
+        models are always of one refit (the windows in ``fitted_on``).
         """
         with self._lock:
+            self._install_forecasts()
             return self._state_dict()
 
     def _state_dict(self) -> dict[str, Any]:
@@ -413,4 +468,6 @@ class OnlineRanker(SilentScorer):
             None if state["returner"] is None else lightgbm.Booster(model_str=state["returner"])
         )
         self._fitted_on = tuple(int(v) for v in state["fitted_on"])
+        # The loaded models are one refit: none still in flight may overwrite them.
+        self._pending = self._forecasting = None
 

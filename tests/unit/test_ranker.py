@@ -157,3 +157,61 @@ def test_rankings_do_not_depend_on_the_order_the_catalog_met_items_in() -> None:
         on_result=lambda r: shuffled.__setitem__(r.window.index, r.ranking(20)),
     )
     assert shuffled == plain
+
+
+def _replay_recording(ranker: OnlineRanker, items, users, ts) -> list[dict]:
+    """Per scored window: a checkpoint taken right after ``learn`` (its refit in flight),
+    the scores, a checkpoint taken before ``forecast`` (the forecast models maybe still
+    fitting), the forecasts, and the scores of a ranker restored from the first checkpoint."""
+    records: list[dict] = []
+    after_learn: list[bytes] = []  # the checkpoint taken after the last learn, until scored
+    learn, score = ranker.learn, ranker.score
+
+    def learning(features, outcome) -> None:
+        learn(features, outcome)
+        after_learn[:] = [orjson.dumps(ranker.state_dict())]
+
+    def scoring(features):
+        scores = score(features)
+        record = {"after_learn": after_learn.pop() if after_learn else None, "scores": scores}
+        record["before_forecast"] = orjson.dumps(ranker.state_dict())
+        record["forecasts"] = ranker.forecast(features)
+        if record["after_learn"] is not None:
+            restored = OnlineRanker(FAST)
+            restored.load_state_dict(orjson.loads(record["after_learn"]))
+            record["restored_scores"] = restored.score(features)
+        records.append(record)
+        return scores
+
+    ranker.learn, ranker.score = learning, scoring
+    _rankings(items, users, ts, ranker)
+    return records
+
+
+def test_concurrent_fitting_gives_exactly_the_serial_models_scores_and_forecasts() -> None:
+    """The three boosters fitted at once in three threads (each alone one deterministic
+    thread) give bit for bit what one thread fitting them one after another gives: every
+    window's scores, forecasts and checkpoints, whether taken while a refit is in flight
+    (they hold the refit before it, all three models, and a ranker restored from one scores
+    exactly as the original) or while only the forecast models still fit (they wait)."""
+    items, users, ts = _log(seed=7)
+    serial_ranker = OnlineRanker(FAST, fit_threads=1)
+    concurrent_ranker = OnlineRanker(FAST, fit_threads=3)
+    serial = _replay_recording(serial_ranker, items, users, ts)
+    concurrent = _replay_recording(concurrent_ranker, items, users, ts)
+    assert len(concurrent_ranker.fit_seconds) == len(serial_ranker.fit_seconds) >= 5
+    assert len(concurrent) == len(serial)
+    for one, other in zip(serial, concurrent, strict=True):
+        assert one["after_learn"] == other["after_learn"]
+        assert one["before_forecast"] == other["before_forecast"]
+        assert np.array_equal(one["scores"], other["scores"])
+        for mine, theirs in zip(one["forecasts"], other["forecasts"], strict=True):
+            assert np.array_equal(mine, theirs)
+        if other["after_learn"] is not None:
+            assert np.array_equal(other["restored_scores"], other["scores"])
+    models = ("fitted_on", "ranker", "counter", "returner")
+    for before, after in zip(concurrent, concurrent[1:], strict=False):
+        mid_refit = orjson.loads(after["after_learn"])
+        previous = orjson.loads(before["before_forecast"])
+        assert [mid_refit[m] for m in models] == [previous[m] for m in models]
+    assert orjson.loads(concurrent[-1]["before_forecast"])["counter"] is not None
