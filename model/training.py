@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from model.adapter_files import LORA_FILE, TrailConfig, read_adapter_manifest, read_trail_config
 from model.explain import check_explanation, forecast_sentence, perturb, verbalize
+from model.metrics import lm_written_part
 from model.priors import prior_log_count
 from model.trail import TrailModel
 from model.training_checkpoints import (
@@ -137,7 +138,8 @@ def validate(
     With ``faithfulness_items``, that many items (spread evenly over the windows, each
     window's best by the model) are explained greedily after the forecast sentence of their
     realised next-window events, and ``val_faithfulness`` / ``val_contradiction_rate`` are the
-    checker's mean verdicts on the raw texts (no guard).
+    checker's mean verdicts on what the LM wrote after that forced sentence (no guard), as
+    the evaluation protocol judges them.
     """
     model_metrics: list[dict[str, float]] = []
     prior_metrics: list[dict[str, float]] = []
@@ -167,7 +169,7 @@ def validate(
             [e.features for e in to_explain], [e.count_target for e in to_explain]
         )
         checks = [
-            check_explanation(text, e.features, e.count_target)
+            check_explanation(lm_written_part(text), e.features, e.count_target)
             for text, e in zip(texts, to_explain, strict=True)
         ]
         result["val_faithfulness"] = float(np.mean([c.faithfulness for c in checks]))
