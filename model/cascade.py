@@ -9,9 +9,11 @@ prior, and that residual ``d`` (what the LM adds to the prior) moves the ranker'
 
 ``alpha`` is chosen online by :class:`ResidualBlend`, on the windows already judged: for each
 ``alpha`` of a small grid, how many of the next window's returning users the top 10 would have
-held, averaged over the last ``windows`` windows; ties go to the smaller ``alpha``, and with
-no judged window yet ``alpha`` is 0 (the ranker alone). So the LM moves the ranking exactly as
-far as it has earned on past windows, and never on the window being ranked. Everything here is
+held, over the last ``windows`` windows. The smallest ``alpha`` within one standard error of
+the best (the error of their per-window difference) is taken, and with fewer than two judged
+windows ``alpha`` is 0 (the ranker alone): the best of five weights on a handful of windows
+is mostly chance, so the LM moves the ranking only as far as it has earned beyond that noise
+on past windows, and never on the window being ranked. Everything here is
 plain data that checkpoints round-trip (no pickle) and imports no torch.
 """
 
@@ -49,6 +51,28 @@ def blended(ranker_scores: FloatArray, residuals: FloatArray, alpha: float) -> F
     return result
 
 
+def one_standard_error_choice(held: FloatArray) -> float:
+    """The smallest of :data:`ALPHAS` whose mean ``held`` (windows x alphas) is within one
+    standard error of the best one's; 0 with fewer than two windows.
+
+    The error is that of the per-window difference to the best ``alpha`` (paired: the
+    windows' own ups and downs cancel).
+
+    >>> one_standard_error_choice(np.array([[5.0, 6, 7, 7, 7], [5, 6, 7, 7, 7]]))
+    0.5
+    >>> one_standard_error_choice(np.array([[5.0, 8, 8, 8, 8], [5, 4, 4, 4, 4]]))
+    0.0
+    """
+    if held.shape[0] < 2:
+        return 0.0
+    means = held.mean(axis=0)
+    best = int(np.argmax(means))
+    differences = held[:, [best]] - held
+    errors = differences.std(axis=0, ddof=1) / np.sqrt(held.shape[0])
+    within = np.flatnonzero(means >= means[best] - errors)
+    return float(ALPHAS[int(within[0])])
+
+
 @dataclass(frozen=True)
 class _Judged:
     ranker_scores: FloatArray
@@ -62,10 +86,12 @@ class ResidualBlend:
     >>> blend = ResidualBlend(top=1)
     >>> blend.alpha
     0.0
-    >>> blend.remember(100, ["a", "b"], np.array([2.0, 1.0]), np.array([0.0, 5.0]))
-    >>> blend.judge(100, {"a": 0.0, "b": 3.0})  # the LM was right: b came back
-    >>> blend.alpha > 0
-    True
+    >>> for end in (100, 200):  # the LM was right twice: b came back, a did not
+    ...     blend.remember(end, ["a", "b"], np.array([2.0, 1.0]), np.array([0.0, 5.0]))
+    ...     blend.judge(end, {"a": 0.0, "b": 3.0})
+    ...     print(blend.alpha)
+    0.0
+    2.0
     """
 
     def __init__(self, windows: int = 8, top: int = 10) -> None:
@@ -89,10 +115,9 @@ class ResidualBlend:
         ids, scores, residuals = pending
         labels = np.array([returning.get(i, 0.0) for i in ids])
         self._judged.append(_Judged(scores, residuals, labels))
-        held = [
-            np.mean([self._held(j, alpha) for j in self._judged]) for alpha in ALPHAS
-        ]
-        self.alpha = ALPHAS[int(np.argmax(held))]
+        self.alpha = one_standard_error_choice(
+            np.array([[self._held(j, alpha) for alpha in ALPHAS] for j in self._judged])
+        )
 
     def _held(self, judged: _Judged, alpha: float) -> float:
         scores = blended(judged.ranker_scores, judged.residuals, alpha)
