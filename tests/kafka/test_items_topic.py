@@ -576,7 +576,10 @@ def test_kill_9_and_a_restart_after_the_catalog_grew_give_identical_scores(
     finally:
         second.close()
     summary = orjson.loads(second.summary_path.read_bytes())
-    assert N_SLICE - cut < summary["events_applied"] < N_SLICE  # it resumed mid-log
+    # It resumed from a checkpoint, not from the start. A checkpoint is taken after the whole
+    # fetch that held the close, so when that fetch reached the cut nothing is replayed
+    # (seen in CI): the bound is inclusive, as in test_worker.py.
+    assert N_SLICE - cut <= summary["events_applied"] < N_SLICE
     assert "is not the one its state was built with" not in log_text
     records = read_topics(kafka_bootstrap, settings.scores_topic)[settings.scores_topic]
     got, _ = dedupe(score_updates(records))  # a repeat must equal its first publication
