@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -345,15 +346,58 @@ def polynomial_fit(counts: FloatArray, degree: int) -> FloatArray:
     >>> (polynomial_fit(np.array([[0.0, 1.0, 4.0, 9.0]]), degree=2).round(6) + 0.0).tolist()
     [[0.0, 0.0, 1.0]]
     """
-    solution: FloatArray = counts @ _fit_matrix(counts.shape[1], degree)
+    # Column by column, not ``counts @ matrix``: BLAS picks its kernel by CPU, and a matrix
+    # product's rounding differs between them, which moved the learned ranker's trees (the same
+    # log ranked differently on two machines). Elementwise sums round the same everywhere.
+    matrix = _fit_matrix(counts.shape[1], degree)
+    solution = np.zeros((counts.shape[0], degree + 1))
+    for column in range(counts.shape[1]):
+        solution += counts[:, column : column + 1] * matrix[column]
     return solution
 
 
 @functools.cache
 def _fit_matrix(k: int, degree: int) -> FloatArray:
-    design = np.vander(np.arange(k, dtype=np.float64), degree + 1, increasing=True)
-    matrix: FloatArray = np.asarray(np.linalg.pinv(design).T, dtype=np.float64)
-    return matrix
+    """The least-squares solution matrix ``(X^T X)^-1 X^T`` (transposed) of the polynomial
+    design ``X`` on 0..k-1, solved in exact rationals (LAPACK's pseudo-inverse also rounds by
+    CPU kernel). Fewer points than coefficients (an under-determined fit) keep the
+    pseudo-inverse's minimum-norm solution."""
+    if k <= degree:
+        design_floats = np.vander(np.arange(k, dtype=np.float64), degree + 1, increasing=True)
+        return np.asarray(np.linalg.pinv(design_floats).T, dtype=np.float64)
+    design = [[Fraction(x) ** p for p in range(degree + 1)] for x in range(k)]
+    size = degree + 1
+    normal = [
+        [sum((row[i] * row[j] for row in design), Fraction(0)) for j in range(size)]
+        for i in range(size)
+    ]
+    inverse = _exact_inverse(normal)
+    return np.array(
+        [
+            [
+                float(sum((inverse[p][q] * design[x][q] for q in range(size)), Fraction(0)))
+                for p in range(size)
+            ]
+            for x in range(k)
+        ],
+        dtype=np.float64,
+    )
+
+
+def _exact_inverse(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Gauss-Jordan inverse of a small non-singular rational matrix (the normal equations)."""
+    size = len(matrix)
+    rows = [[*row, *(Fraction(int(i == j)) for j in range(size))] for i, row in enumerate(matrix)]
+    for column in range(size):
+        pivot = next(r for r in range(column, size) if rows[r][column] != 0)
+        rows[column], rows[pivot] = rows[pivot], rows[column]
+        lead = rows[column][column]
+        rows[column] = [value / lead for value in rows[column]]
+        for r in range(size):
+            if r != column and rows[r][column] != 0:
+                factor = rows[r][column]
+                rows[r] = [a - factor * b for a, b in zip(rows[r], rows[column], strict=True)]
+    return [row[size:] for row in rows]
 
 
 def slope_and_acceleration(counts: FloatArray) -> tuple[FloatArray, FloatArray]:
