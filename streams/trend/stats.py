@@ -358,30 +358,28 @@ def polynomial_fit(counts: FloatArray, degree: int) -> FloatArray:
 
 @functools.cache
 def _fit_matrix(k: int, degree: int) -> FloatArray:
-    """The least-squares solution matrix ``(X^T X)^-1 X^T`` (transposed) of the polynomial
-    design ``X`` on 0..k-1, solved in exact rationals (LAPACK's pseudo-inverse also rounds by
-    CPU kernel). Fewer points than coefficients (an under-determined fit) keep the
-    pseudo-inverse's minimum-norm solution."""
-    if k <= degree:
-        design_floats = np.vander(np.arange(k, dtype=np.float64), degree + 1, increasing=True)
-        return np.asarray(np.linalg.pinv(design_floats).T, dtype=np.float64)
+    """The pseudo-inverse of the polynomial design ``X`` on 0..k-1 (transposed), solved in
+    exact rationals (LAPACK's pseudo-inverse also rounds by CPU kernel): ``(X^T X)^-1 X^T``
+    when there are more points than coefficients, else the minimum-norm
+    ``X^T (X X^T)^-1`` (a Vandermonde matrix of distinct points has full rank either way)."""
     design = [[Fraction(x) ** p for p in range(degree + 1)] for x in range(k)]
-    size = degree + 1
-    normal = [
-        [sum((row[i] * row[j] for row in design), Fraction(0)) for j in range(size)]
-        for i in range(size)
-    ]
-    inverse = _exact_inverse(normal)
-    return np.array(
+    transposed = [list(column) for column in zip(*design, strict=True)]
+    if k > degree:
+        pseudo = _product(_exact_inverse(_product(transposed, design)), transposed)
+    else:
+        pseudo = _product(transposed, _exact_inverse(_product(design, transposed)))
+    return np.array([[float(v) for v in column] for column in zip(*pseudo, strict=True)])
+
+
+def _product(a: list[list[Fraction]], b: list[list[Fraction]]) -> list[list[Fraction]]:
+    """The exact product of two rational matrices (lists of rows)."""
+    return [
         [
-            [
-                float(sum((inverse[p][q] * design[x][q] for q in range(size)), Fraction(0)))
-                for p in range(size)
-            ]
-            for x in range(k)
-        ],
-        dtype=np.float64,
-    )
+            sum((x * y for x, y in zip(row, column, strict=True)), Fraction(0))
+            for column in zip(*b, strict=True)
+        ]
+        for row in a
+    ]
 
 
 def _exact_inverse(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
