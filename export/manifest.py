@@ -21,10 +21,11 @@ from model.files import ModelLoadError, check_files, file_entries
 
 #: Layout version of the exports written now. ``@2``: the scorer is the generator's body with
 #: the score head (it takes a KV cache), ``prompt.json`` holds the template's pieces, and
-#: int8 graphs may sit beside the fp32 ones.
-MANIFEST_FORMAT = "trail-onnx@2"
+#: int8 graphs may sit beside the fp32 ones. ``@3``: the scorer also returns its KV cache,
+#: and the validation says whether explanations generated from it are the PyTorch ones.
+MANIFEST_FORMAT = "trail-onnx@3"
 #: Layouts the runtime serves (``@1``: a separately exported scorer, right-padded, no cache).
-SERVED_FORMATS = ("trail-onnx@1", MANIFEST_FORMAT)
+SERVED_FORMATS = ("trail-onnx@1", "trail-onnx@2", MANIFEST_FORMAT)
 MANIFEST_FILE = "manifest.json"
 SCORER_FILE = "scorer.onnx"
 GENERATOR_DIR = "generator"

@@ -12,12 +12,14 @@ Steps (each prints a progress line):
    ``generator/``; its ``logits`` output is then cut to the last position (only that one is
    ever read, and the full ``(batch, prompt, vocab)`` tensor of the first step is large);
 4. the scorer: the generator's graph with the score head (LayerNorm and Linear) on the last
-   position's final hidden state, ``residual`` its only output; it keeps the generator's
-   inputs, so the runtime passes the template's common opening as a cached past, and no
-   second tracing of the model is needed;
+   position's final hidden state; its outputs are ``residual`` and the generator's grown KV
+   cache (``present.*``). It keeps the generator's inputs, so the runtime passes the
+   template's common opening as a cached past, and no second tracing of the model is needed;
 5. validation with the serving code (:mod:`export.runtime`) on the CPU: the residuals' max abs
    difference against a threshold, greedy tokens identical for every prompt, and the batched
-   prompt ids identical to the chat template's;
+   prompt ids identical to the chat template's; and whether greedy tokens generated from the
+   scorer's own cache of each prompt are identical too (the runtime reuses that cache for a
+   scored item's explanation only where they are);
 6. with ``int8``: both graphs quantized (:mod:`export.quantize`) and judged against fp32;
 7. ``manifest.json`` last (:func:`export.manifest.write_manifest`): hashes, opset, versions,
    base model, adapter, config, validation.
@@ -185,9 +187,10 @@ def attach_score_head(generator: Path, head: nn.Module, path: Path) -> None:
     """The scorer: ``generator``'s graph with the score head on its last position, saved.
 
     The head reads the final (normed) hidden state of the last position, which is where
-    :func:`last_position_logits` cut the LM head's input, so rows are left-padded. Only
-    ``residual`` is an output: nodes it does not need (the LM head, the cache outputs'
-    copies) are pruned, the inputs (a KV cache among them) are kept.
+    :func:`last_position_logits` cut the LM head's input, so rows are left-padded. The
+    outputs are ``residual`` and the grown KV cache (``present.*``, which the attention
+    computes anyway, so an explanation can start from it); the nodes they do not need (the
+    LM head) are pruned, the inputs (a KV cache among them) are kept.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -238,8 +241,10 @@ def attach_score_head(generator: Path, head: nn.Module, path: Path) -> None:
             ),
         ]
     )
+    presents = [o for o in graph.output if o.name.startswith("present.")]
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("residual", onnx.TensorProto.FLOAT, [None]))
+    graph.output.extend(presents)
     _prune(graph)
     size = sum(t.ByteSize() for t in graph.initializer)
     onnx.save(
@@ -375,7 +380,7 @@ def export_model(
             "generator": GENERATOR_FILE,
             "tokenizer": TOKENIZER_DIR,
             "prompt": PROMPT_FILE if pieces is not None else None,
-            "scorer_graph": "generator body + score head, last position, left-padded",
+            "scorer_graph": "generator body + score head, last position, left-padded, KV out",
             "generator_logits": "last-position",
             "dtype": "float32",
             "opset": opset,
@@ -449,11 +454,13 @@ def validate(
 
     Scores go through small length buckets (so several batch shapes are checked) with the
     template's opening as a cached past, as served; the greedy check decodes all prompts as
-    one left-padded batch, like the reference, so that both sides see the same padding.
+    one left-padded batch, like the reference, so that both sides see the same padding. The
+    scorer's cache of each prompt is then the past of a second greedy run, as
+    :meth:`~export.runtime.OrtTrailModel.explain` serves a scored item.
     """
     runtime = OrtTrailModel(export_dir, providers=[CPU], verify=False)
-    prompts = [runtime.prompt_text(f) for f in features]
-    residual = runtime.residuals(prompts, batch_size=3)
+    prompt_rows = runtime.tokenize([runtime.prompt_text(f) for f in features])
+    residual = runtime.residuals_of(prompt_rows, batch_size=3, keep_caches=True)
     score_diff = float(np.max(np.abs(residual - reference))) if len(reference) else 0.0
     rows = runtime.tokenize(explain_prompts)
     tokens = runtime.generator.greedy(
@@ -463,12 +470,19 @@ def validate(
         pad_id=runtime.pad_id,
     )
     same = [list(a) == list(b) for a, b in zip(tokens, reference_tokens, strict=True)]
+    from_cache: bool | None = None
+    if runtime.scorer.returns_cache and all(
+        runtime.row_caches.get(p) is not None for p in prompt_rows
+    ):
+        cached = runtime.generate_ids_of(rows, prompts=prompt_rows)
+        from_cache = [list(a) for a in cached] == [list(b) for b in reference_tokens]
     return {
         "score_max_abs_diff": score_diff,
         "score_threshold": max_abs_diff,
         "greedy_tokens_identical": all(same),
         "greedy_prompts_identical": int(sum(same)),
         "greedy_tokens_checked": int(sum(len(t) for t in reference_tokens)),
+        "greedy_after_scorer_cache_identical": from_cache,
         "prompts_checked": len(features),
         "provider": runtime.provider,
         "passed": bool(score_diff <= max_abs_diff and all(same)),

@@ -38,6 +38,7 @@ from typing import Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 
+from export.kv_cache import Past, RowCacheStore, row_caches
 from export.manifest import (
     GENERATOR_FILE,
     MANIFEST_FILE,
@@ -149,8 +150,12 @@ class OrtTrailModel:
     rendered once at export) are tokenized once and joined to each item's tokenized prompt
     body, which gives exactly the ids of tokenizing the whole rendered template (checked at
     load, see :class:`model.prompts.PromptEncoder`). The scorer runs the template's common
-    opening once and passes it to every batch as a cached past. ``timings`` accumulates the
-    seconds spent building prompts, scoring and generating.
+    opening once and passes it to every batch as a cached past. Where the export's validation
+    showed that explanations generated from the scorer's own KV cache are token for token the
+    PyTorch ones (``trail-onnx@3`` on, fp32), :meth:`score` keeps the cache of the prompts it
+    scored (:attr:`row_caches`, within a byte budget) and :meth:`explain` starts each of them
+    from it, so only the forecast sentence is computed before decoding. ``timings``
+    accumulates the seconds spent building prompts, scoring and generating.
     """
 
     def __init__(
@@ -232,6 +237,14 @@ class OrtTrailModel:
         if self.scorer.with_past and self.encoder is not None and self.encoder.joined:
             self._prefix = list(self.encoder.prefix_ids)
             self._prefix_past = self.generator.cache_of(self._prefix)
+        validation = self.manifest.get("validation", {})
+        # int8 scorers compute another cache than the fp32 generator would.
+        self.reuses_scorer_cache = (
+            self.scorer.returns_cache
+            and self.precision == "fp32"
+            and validation.get("greedy_after_scorer_cache_identical") is True
+        )
+        self.row_caches = RowCacheStore()
 
     def _read_pieces(self) -> ChatPieces | None:
         path = self.model_dir / PROMPT_FILE
@@ -275,11 +288,24 @@ class OrtTrailModel:
         return self.residuals_of(self.tokenize(prompts), batch_size)
 
     def residuals_of(
-        self, rows: Sequence[Sequence[int]], batch_size: int = SCORE_BATCH
+        self,
+        rows: Sequence[Sequence[int]],
+        batch_size: int = SCORE_BATCH,
+        *,
+        keep_caches: bool = False,
     ) -> npt.NDArray[np.float32]:
-        """Score-head residual of each row of prompt ids (length-bucketed batches)."""
+        """Score-head residual of each row of prompt ids (length-bucketed batches).
+
+        ``keep_caches``: put each row's KV cache into :attr:`row_caches`, as many rows as its
+        budget holds, first rows first (where the scorer returns its cache).
+        """
         out = np.zeros(len(rows), dtype=np.float32)
         prefix = self._prefix
+        keep = (
+            self.row_caches.admitted([len(r) for r in rows], self.scorer.token_bytes)
+            if keep_caches and self.scorer.returns_cache
+            else [False] * len(rows)
+        )
         for bucket in _buckets([len(r) for r in rows], batch_size):
             chunk = [rows[i] for i in bucket]
             if not self.scorer.with_past:  # trail-onnx@1: right-padded, no cache
@@ -289,7 +315,7 @@ class OrtTrailModel:
                 for j, row in enumerate(chunk):
                     ids[j, : len(row)] = row
                     mask[j, : len(row)] = 1
-                out[bucket] = self.scorer(ids, mask)
+                out[bucket] = self.scorer.run(ids, mask)[0]
                 continue
             cached = bool(prefix) and all(
                 len(r) > len(prefix) and list(r[: len(prefix)]) == prefix for r in chunk
@@ -301,7 +327,12 @@ class OrtTrailModel:
                 if cached
                 else None
             )
-            out[bucket] = self.scorer(ids, mask, positions, past)
+            kept = [j for j, i in enumerate(bucket) if keep[i]]
+            out[bucket], cache = self.scorer.run(ids, mask, positions, past, with_cache=bool(kept))
+            if kept:
+                selected = {name: value[kept] for name, value in cache.items()}
+                for j, row_cache in zip(kept, row_caches(selected, mask[kept]), strict=True):
+                    self.row_caches.put(rows[bucket[j]], row_cache)
         return out
 
     def score(self, features: Sequence[ItemFeatures], batch_size: int = SCORE_BATCH) -> FloatArray:
@@ -316,7 +347,8 @@ class OrtTrailModel:
         rows = self.prompt_ids(features)
         prior = np.array([prior_log_count(f, self.info.prior) for f in features], np.float32)
         scoring = time.perf_counter()
-        residual = self.residuals_of(rows, batch_size)
+        self.row_caches.clear()
+        residual = self.residuals_of(rows, batch_size, keep_caches=self.reuses_scorer_cache)
         self.timings["prompt_s"] += scoring - started
         self.timings["score_s"] += time.perf_counter() - scoring
         return np.maximum(prior + residual, np.float32(0.0)).astype(np.float64)
@@ -333,19 +365,36 @@ class OrtTrailModel:
         rows: Sequence[Sequence[int]],
         batch_size: int = 16,
         max_new_tokens: int | None = None,
+        prompts: Sequence[Sequence[int]] | None = None,
     ) -> list[list[int]]:
-        """Greedy token ids after each row of prompt ids, cut after ``<|im_end|>``."""
+        """Greedy token ids after each row of prompt ids, cut after ``<|im_end|>``.
+
+        ``prompts``: where ``rows[i]`` starts with ``prompts[i]`` and :attr:`row_caches`
+        holds that prompt's cache, the row is generated from it (only the rest is fed in).
+        """
         limit = self.info.max_explanation_tokens if max_new_tokens is None else max_new_tokens
+        pasts: list[Past | None] = [None] * len(rows)
+        tails = list(rows)
+        if prompts is not None and len(self.row_caches):
+            for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
+                if len(row) > len(prompt) and list(row[: len(prompt)]) == list(prompt):
+                    pasts[i] = self.row_caches.get(prompt)
+                    tails[i] = row[len(prompt) :] if pasts[i] is not None else row
         out: list[list[int]] = [[] for _ in rows]
-        for bucket in _buckets([len(r) for r in rows], batch_size):
-            generated = self.generator.greedy(
-                [rows[i] for i in bucket],
-                max_new_tokens=limit,
-                eos_id=self.end_id,
-                pad_id=self.pad_id,
-            )
-            for i, ids in zip(bucket, generated, strict=True):
-                out[i] = ids
+        for cached in (False, True):
+            group = [i for i in range(len(rows)) if (pasts[i] is not None) == cached]
+            for part in _buckets([len(rows[i]) for i in group], batch_size):
+                bucket = [group[j] for j in part]
+                row_pasts = [p for i in bucket if (p := pasts[i]) is not None]
+                generated = self.generator.greedy(
+                    [tails[i] for i in bucket],
+                    max_new_tokens=limit,
+                    eos_id=self.end_id,
+                    pad_id=self.pad_id,
+                    pasts=row_pasts or None,
+                )
+                for i, ids in zip(bucket, generated, strict=True):
+                    out[i] = ids
         return out
 
     def decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
@@ -361,8 +410,9 @@ class OrtTrailModel:
         started = time.perf_counter()
         openings = [forecast_sentence(f, float(s)) for f, s in zip(features, scores, strict=True)]
         rows = self.prompt_ids(features, openings)
+        prompts = self.prompt_ids(features) if len(self.row_caches) else None
         generating = time.perf_counter()
-        texts = self.decode(self.generate_ids_of(rows))
+        texts = self.decode(self.generate_ids_of(rows, prompts=prompts))
         self.timings["prompt_s"] += generating - started
         self.timings["generate_s"] += time.perf_counter() - generating
         return [complete_sentences(o + t) for o, t in zip(openings, texts, strict=True)]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from export.kv_cache import Past, stacked
 from model.files import ModelLoadError
 
 IntArray = npt.NDArray[np.int64]
@@ -142,22 +143,32 @@ def _past_layout(inputs: dict[str, Any]) -> tuple[dict[str, tuple[int, int]], di
 
 
 def left_padded(
-    rows: Sequence[Sequence[int]], pad_id: int, past_length: int = 0
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    past_length: int = 0,
+    past_mask: IntArray | None = None,
 ) -> tuple[IntArray, IntArray, IntArray]:
     """``(input_ids, attention_mask, position_ids)`` of left-padded rows after a past.
 
-    The mask covers the past too; positions count real tokens only (``cumsum(mask) - 1``),
-    as ``transformers``' ``generate`` computes them, and padding gets position 1.
+    The mask covers the past too: every one of its ``past_length`` positions, or as
+    ``past_mask`` (batch x past length) says when the rows' pasts have padding of their own.
+    Positions count real tokens only (``cumsum(mask) - 1``), as ``transformers``'
+    ``generate`` computes them, and padding gets position 1.
 
     >>> ids, mask, positions = left_padded([[7, 8], [9]], pad_id=0, past_length=2)
     >>> ids.tolist(), mask.tolist(), positions.tolist()
     ([[7, 8], [0, 9]], [[1, 1, 1, 1], [1, 1, 0, 1]], [[2, 3], [1, 2]])
+    >>> _, mask, positions = left_padded([[7], [9]], 0, past_mask=np.array([[0, 1], [1, 1]]))
+    >>> mask.tolist(), positions.tolist()
+    ([[0, 1, 1], [1, 1, 1]], [[1], [2]])
     """
     batch = len(rows)
     width = max(len(r) for r in rows)
+    if past_mask is not None:
+        past_length = past_mask.shape[1]
     input_ids = np.full((batch, width), pad_id, dtype=np.int64)
     mask = np.zeros((batch, past_length + width), dtype=np.int64)
-    mask[:, :past_length] = 1
+    mask[:, :past_length] = 1 if past_mask is None else past_mask
     for i, row in enumerate(rows):
         input_ids[i, width - len(row) :] = row
         mask[i, past_length + width - len(row) :] = 1
@@ -196,6 +207,14 @@ class _Graph:
         this graph's; keep what else it needs of them."""
         raise NotImplementedError
 
+    @property
+    def token_bytes(self) -> int:
+        """Bytes of KV cache one token takes in one row."""
+        return sum(
+            heads * dim * np.dtype(self.past_types[name]).itemsize
+            for name, (heads, dim) in self.past_shapes.items()
+        )
+
     def empty_past(self, batch: int) -> dict[str, npt.NDArray[Any]]:
         return {
             name: np.zeros((batch, heads, 0, dim), dtype=self.past_types[name])
@@ -209,26 +228,45 @@ class ScorerGraph(_Graph):
     Exports from ``trail-onnx@2`` on hold the head on the generator's own body, with its inputs
     (a KV cache among them): rows are left-padded, the head reads the last position, and the
     chat template's opening, the same for every item, can be passed once as a cached past.
-    ``trail-onnx@1`` scorers take ``(input_ids, attention_mask)`` only and read the last real
-    token of right-padded rows. :attr:`with_past` tells which.
+    From ``trail-onnx@3`` the graph also returns the grown cache (``present.*``), so a scored
+    prompt's explanation can start from it (:attr:`returns_cache`). ``trail-onnx@1`` scorers
+    take ``(input_ids, attention_mask)`` only and read the last real token of right-padded
+    rows. :attr:`with_past` tells which.
     """
 
     def _check(self, path: Path, inputs: dict[str, Any]) -> None:
         if "input_ids" not in inputs or "attention_mask" not in inputs:
             raise ModelLoadError(f"{path} is not a TRAIL scorer (inputs: {[*inputs]})")
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.present_of = {
+            name.replace("past_key_values.", "present.", 1): name
+            for name in inputs
+            if name.startswith("past_key_values.")
+        }
+        if not set(self.present_of) <= outputs:
+            self.present_of = {}
 
     @property
     def with_past(self) -> bool:
         """Whether the graph takes a KV cache (``trail-onnx@2`` on)."""
         return bool(self.past_shapes)
 
-    def __call__(
+    @property
+    def returns_cache(self) -> bool:
+        """Whether the graph returns the KV cache of what it scored (``trail-onnx@3`` on)."""
+        return bool(self.present_of)
+
+    def run(
         self,
         input_ids: IntArray,
         attention_mask: IntArray,
         position_ids: IntArray | None = None,
         past: dict[str, npt.NDArray[Any]] | None = None,
-    ) -> npt.NDArray[np.float32]:
+        *,
+        with_cache: bool = False,
+    ) -> tuple[npt.NDArray[np.float32], dict[str, npt.NDArray[Any]]]:
+        """The residual of each row and, ``with_cache`` (where :attr:`returns_cache`), the
+        grown cache on the host by ``past_key_values`` name (empty otherwise)."""
         feeds: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.with_past:
             if position_ids is None:
@@ -236,15 +274,20 @@ class ScorerGraph(_Graph):
             if self.uses_position_ids:
                 feeds["position_ids"] = position_ids
             feeds |= past if past is not None else self.empty_past(input_ids.shape[0])
+        names = ["residual", *(self.present_of if with_cache else ())]
         if not self.io_binding:
-            outputs = self.session.run(["residual"], feeds)
-            return np.asarray(outputs[0], dtype=np.float32).reshape(-1)
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        binding.bind_output("residual", "cpu")
-        self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32).reshape(-1)
+            outputs = self.session.run(names, feeds)
+        else:
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            for name in names:
+                binding.bind_output(name, "cpu")
+            self.session.run_with_iobinding(binding)
+            outputs = binding.copy_outputs_to_cpu()
+        residual = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
+        cache = {self.present_of[n]: v for n, v in zip(names[1:], outputs[1:], strict=True)}
+        return residual, cache
 
 
 class GeneratorGraph(_Graph):
@@ -287,6 +330,7 @@ class GeneratorGraph(_Graph):
         eos_id: int,
         pad_id: int,
         compact: bool | None = None,
+        pasts: Sequence[Past] | None = None,
     ) -> list[list[int]]:
         """Greedy continuations of one left-padded batch, each cut after ``eos_id``.
 
@@ -294,11 +338,18 @@ class GeneratorGraph(_Graph):
         only (``cumsum(mask) - 1``), and the loop stops when every row has finished or after
         ``max_new_tokens``. With ``compact`` (the default without IO binding) a row leaves
         the batch at its ``eos_id``; otherwise it stays, fed ``pad_id`` and masked. Rows do
-        not interact in a forward pass, so both give the same tokens.
+        not interact in a forward pass, so both give the same tokens. ``pasts``: each row's
+        cache of the tokens before it (:mod:`export.kv_cache`), where ``rows`` hold only the
+        tokens after those.
         """
         compact = not self.io_binding if compact is None else compact
-        input_ids, mask, positions = left_padded(rows, pad_id)
-        past: dict[str, Any] = self.empty_past(len(rows))
+        past: dict[str, Any]
+        if pasts is None:
+            input_ids, mask, positions = left_padded(rows, pad_id)
+            past = self.empty_past(len(rows))
+        else:
+            past, past_mask = stacked(pasts)
+            input_ids, mask, positions = left_padded(rows, pad_id, past_mask=past_mask)
         generated: list[list[int]] = [[] for _ in rows]
         active = np.arange(len(rows))
         done = np.zeros(len(rows), dtype=bool)

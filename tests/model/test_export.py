@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from export.kv_cache import RowCacheStore
 from export.manifest import MANIFEST_FILE, ModelLoadError, write_manifest
 from export.onnx_export import export_model
 from export.reload import ReloadingScorer
@@ -125,6 +126,53 @@ def test_generated_token_ids_match_pytorch(exported: Path, torch_model: TrailMod
     # Enough tokens, and different ones per prompt: the comparison above means something.
     assert sum(len(r) for r in reference) >= 5 * len(prompts)
     assert len({tuple(r) for r in reference}) > len(prompts) // 2
+
+
+def test_explanations_from_the_scorers_cache_match_pytorch(
+    exported: Path, torch_model: TrailModel
+) -> None:
+    """A scored item's explanation starts from the KV cache its scoring computed: only the
+    forced forecast sentence is fed to the generator before decoding, and the token ids are
+    still PyTorch's. Items beyond the cache budget are generated from their whole prompt.
+
+    Catches: a cache kept at the padded positions of the scorer's batch (the rows' lengths
+    differ in every bucket), positions that restart at 0 after the cache, a cache looked up
+    for the wrong item, or a reuse that silently never happens.
+    """
+    validation = json.loads((exported / MANIFEST_FILE).read_text())["validation"]
+    assert validation["greedy_after_scorer_cache_identical"] is True
+    runtime = OrtTrailModel(exported, providers=[CPU])
+    assert runtime.reuses_scorer_cache
+    features = validation_features(9, seed=13)
+    scores = [float(s) for s in torch_model.score(features)]
+    openings = [forecast_sentence(f, s) for f, s in zip(features, scores, strict=True)]
+    prompts = runtime.prompt_ids(features)
+    rows = runtime.prompt_ids(features, openings)
+    reference = _pytorch_greedy_ids(
+        torch_model,
+        [torch_model.prompt_text(f) + o for f, o in zip(features, openings, strict=True)],
+    )
+    widths: list[int] = []
+    run = runtime.generator.session.run
+
+    def recording_run(names: object, feeds: dict[str, np.ndarray]) -> object:
+        widths.append(feeds["input_ids"].shape[1])
+        return run(names, feeds)
+
+    runtime.generator.session.run = recording_run  # type: ignore[method-assign]
+    runtime.score(features, batch_size=4)
+    assert len(runtime.row_caches) == len(features)
+    assert runtime.generate_ids_of(rows, prompts=prompts) == reference
+    assert max(widths) <= max(len(r) - len(p) for r, p in zip(rows, prompts, strict=True))
+
+    # A budget of three prompts' caches: the first three are reused, the rest fed whole.
+    first_three = sum(len(p) for p in prompts[:3]) * runtime.scorer.token_bytes
+    runtime.row_caches = RowCacheStore(budget_bytes=first_three)
+    runtime.score(features, batch_size=4)
+    assert [runtime.row_caches.get(p) is not None for p in prompts] == [True] * 3 + [False] * 6
+    widths.clear()
+    assert runtime.generate_ids_of(rows, prompts=prompts) == reference
+    assert max(widths) == max(len(r) for r in rows[3:])
 
 
 def test_io_binding_path_matches_plain_runs(exported: Path) -> None:
