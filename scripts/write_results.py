@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from model.baselines import CLASSIC_BASELINES
+from streams.evaluation.report import number_cell
 from streams.scoring import DEFAULT_RESCORE_TOP
 
 DATASETS = [("ml-100k", "7d"), ("ml-1m", "7d"), ("amazon-beauty", "30d")]
@@ -29,11 +30,9 @@ ADAPTER_MANIFEST = (
 
 
 def f(value: object, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+        return number_cell(value, digits)
+    return "-" if value is None else str(value)
 
 
 def ci(pair: object) -> str:

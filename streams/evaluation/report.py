@@ -137,18 +137,26 @@ class EvaluationReport:
             relative = (
                 "-"
                 if ratio is None
-                else f"{_f(ratio['HR@10_ratio'], 2)}x [{_f(ratio['HR@10_ratio_ci'][0], 2)}, "
-                f"{_f(ratio['HR@10_ratio_ci'][1], 2)}]"
+                else f"{number_cell(ratio['HR@10_ratio'], 2)}x "
+                f"[{number_cell(ratio['HR@10_ratio_ci'][0], 2)}, "
+                f"{number_cell(ratio['HR@10_ratio_ci'][1], 2)}]"
             )
-            lines.append(
-                f"| {r.name} | {_f(m['HR@5'])} | {_f(m['HR@10'])} | [{_f(lo)}, {_f(hi)}] "
-                f"| {relative} | {_f(m['HR@20'])} | {_f(m['NDCG@5'])} | {_f(m['NDCG@10'])} "
-                f"| {_f(m['NDCG@20'])} | {_f(m['spearman'])} | {_f(m['HR@10_rising'])} "
-                f"| {_f(m['HR@10_falling'])} | {_f(m['HR@10_steady'])} | {_f(m['HR@10_new'])} "
-                f"| {_f(m['HR@10_warm'])} | {_f(m.get('faithfulness'))} "
-                f"| {_f(m.get('contradiction_rate'))} | {_f(m.get('MAE@10_count'), 2)} "
-                f"| {_f(m.get('MAE@10_returning'), 2)} | {m['pairs']} |"
-            )
+            cells = [
+                r.name,
+                *(number_cell(m[k]) for k in ("HR@5", "HR@10")),
+                f"[{number_cell(lo)}, {number_cell(hi)}]",
+                relative,
+                *(number_cell(m[k]) for k in ("HR@20", "NDCG@5", "NDCG@10", "NDCG@20")),
+                number_cell(m["spearman"]),
+                *(number_cell(m[f"HR@10_{g}"]) for g in ("rising", "falling", "steady", "new")),
+                number_cell(m["HR@10_warm"]),
+                number_cell(m.get("faithfulness")),
+                number_cell(m.get("contradiction_rate")),
+                number_cell(m.get("MAE@10_count"), 2),
+                number_cell(m.get("MAE@10_returning"), 2),
+                str(m["pairs"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
         best = self.best_baseline()
         if best is not None:
             lines.append(
@@ -188,9 +196,17 @@ class EvaluationReport:
             self.plot(plot_path)
 
 
-def _f(value: float | None, digits: int = 4) -> str:
+def number_cell(value: float | None, digits: int = 4) -> str:
+    """A table cell: ``-`` when missing, two significant digits from a million on (the
+    untuned LM's stated forecasts reach 1e34, which ``digits`` decimals would spell out).
+
+    >>> number_cell(0.12345), number_cell(float("nan")), number_cell(1.9e34, 2)
+    ('0.1235', '-', '1.9e+34')
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if abs(value) >= 1e6:
+        return f"{value:.2g}"
     return f"{value:.{digits}f}"
 
 
