@@ -27,10 +27,11 @@ from the export cache.
     .venv/bin/python bench/window.py [--dataset ml-1m] [--window 7d] [--windows 6]
         [--catalog N] [--lm-runtime auto] [--compare-int8] [--json]
 
-``--compare-int8`` replays the timed windows three times: fp32, ``int8-scorer`` (int8 scores,
-fp32 explanations: the CPU default) and ``int8`` (both graphs; even where it failed its
-validation), and reports the default's times with the others' p50 beside them, the top-10
-overlap with fp32 per window, and the guard's view of what each LM wrote.
+``--compare-int8`` replays the timed windows three times: fp32 (the CPU default, see
+``export.INT8_DEFAULT_ON_CPU``), ``int8-scorer`` (int8 scores, fp32 explanations) and ``int8``
+(both graphs; even where it failed its validation), and reports fp32's times with the others'
+p50 beside them, the top-10 overlap with fp32 per window, and the guard's view of what each
+LM wrote.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from streams.scoring import DEFAULT_RESCORE_TOP  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.trend.windows import parse_duration  # noqa: E402
 
-#: What ``--compare-int8`` replays: fp32, the CPU default, and both graphs in int8.
+#: What ``--compare-int8`` replays: fp32 (the CPU default), int8 scores alone, both in int8.
 COMPARED = ("fp32", "int8-scorer", "int8")
 PARTS = ("engine", "learn", "rank", "prompts", "lm_score", "generate", "guard", "publish")
 TARGET_S = 10.0
@@ -338,10 +339,10 @@ def main() -> int:
     load = os.getloadavg()[0]
     runs: dict[str, dict[str, Any]] = {}
     if args.compare_int8:
-        # The same windows in each precision; the table shows the CPU default's
-        # (int8-scorer), the others' p50 beside it.
+        # The same windows in each precision; the table shows the CPU default's (fp32),
+        # the others' p50 beside it.
         runs = {p: run(args, f"ort-{p}") for p in COMPARED}
-        main_run = runs["int8-scorer"]
+        main_run = runs["fp32"]
     else:
         main_run = run(args, args.lm_runtime)
     result: dict[str, Any] = {
