@@ -210,6 +210,18 @@ def number_cell(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def interval_label(value: float, ratio: float | None) -> str:
+    """A plotted point's label: HR@10 and its ratio to the best baseline, where it has one
+    (SASRec ranks per user on its own pairs, so it has none).
+
+    >>> interval_label(0.3432, 1.1428), interval_label(0.3663, float("nan"))
+    ('0.3432  (1.14x)', '0.3663')
+    """
+    if ratio is None or math.isnan(ratio):
+        return f"{value:.4f}"
+    return f"{value:.4f}  ({ratio:.2f}x)"
+
+
 def plot_hr10_intervals(
     dataset: str, results: Mapping[str, Mapping[str, Any]], best_baseline: str | None, path: Path
 ) -> None:
@@ -234,8 +246,7 @@ def plot_hr10_intervals(
         axes.errorbar(
             value, y, xerr=[[value - lo], [hi - value]], fmt="o", color=colour, capsize=3
         )
-        ratio = metrics.get("HR@10_ratio")
-        label = f"{value:.4f}" + (f"  ({ratio:.2f}x)" if ratio is not None else "")
+        label = interval_label(value, metrics.get("HR@10_ratio"))
         axes.annotate(label, (hi, y), xytext=(6, -3), textcoords="offset points", fontsize=8)
     if best_baseline is not None and best_baseline in results:
         axes.axvline(results[best_baseline]["HR@10"], color="tab:red", linestyle="--", lw=1)
