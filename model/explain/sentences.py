@@ -17,10 +17,13 @@ def forecast_sentence(features: ItemFeatures, predicted_log_count: float) -> str
     >>> import random
     >>> forecast_sentence(synthetic_features(random.Random(0)), math.log1p(41.6))
     'Forecast: about 42 events next month. '
+    >>> forecast_sentence(synthetic_features(random.Random(0)), math.log1p(1.2))
+    'Forecast: about 1 event next month. '
     """
-    count = max(0.0, math.expm1(predicted_log_count))
+    count = format_count(max(0.0, math.expm1(predicted_log_count)))
     period = period_name(features.window_seconds)
-    return f"Forecast: about {format_count(count)} events {next_period(period)}. "
+    events = "event" if count == "1" else "events"
+    return f"Forecast: about {count} {events} {next_period(period)}. "
 
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
