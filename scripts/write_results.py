@@ -115,7 +115,7 @@ def main() -> int:
                 "",
                 f"SASRec: {sasrec['epochs']} epochs, hidden {sasrec['hidden']}, "
                 f"{sasrec['blocks']} blocks, {sasrec.get('threads', '?')} CPU thread(s); its `s` "
-                "is the training time (measured in an earlier run of the same protocol).",
+                "is its training time.",
             ]
         present = [(s, d) for s, d in ABLATIONS if s in results]
         if present:
