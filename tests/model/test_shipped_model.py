@@ -142,8 +142,8 @@ def test_the_shipped_model_scores_as_when_it_was_pinned(
     ids = result.features.item_ids
     where = {ids[i]: i for i in range(len(ids))}
     records = [result.features.record(where[item]) for item in PINNED_LM_SCORES]
-    # The pins are fp32's; the int8 scorer the CPU serves by default stays within the
-    # tolerance its export was validated to.
+    # The pins are fp32's (what the CPU serves unless export.INT8_DEFAULT_ON_CPU); an int8
+    # scorer stays within the tolerance its export was validated to.
     fp32 = OrtTrailModel(scorer.model_dir, precision="fp32")
     scores = fp32.score(records)
     assert scores.tolist() == pytest.approx(list(PINNED_LM_SCORES.values()), abs=1e-3)
