@@ -56,10 +56,12 @@ def record(section: str, header: str, row: str) -> None:
     end = start + 1
     while end < len(lines) and not lines[end].startswith("## "):
         end += 1
-    # Insert after the last non-empty line of the section.
-    insert_at = end
-    while insert_at > start + 1 and not lines[insert_at - 1].strip():
-        insert_at -= 1
+    # Insert after the table's last row: notes written below a table stay below it.
+    rows = [i for i in range(start + 1, end) if lines[i].startswith("|")]
+    insert_at = rows[-1] + 1 if rows else end
+    if not rows:
+        while insert_at > start + 1 and not lines[insert_at - 1].strip():
+            insert_at -= 1
     lines.insert(insert_at, row)
     BENCHMARKS.write_text("\n".join(lines).rstrip("\n") + "\n")
 

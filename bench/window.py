@@ -176,7 +176,7 @@ def run(args: argparse.Namespace, lm_runtime: str) -> dict[str, Any]:
         from export.runtime import OrtTrailScorer
         from model.scorer import DEFAULT_ADAPTER
 
-        folder = ensure_export(DEFAULT_ADAPTER, cache_dir=settings.cache_dir, log=log)
+        folder = ensure_export(DEFAULT_ADAPTER, cache_dir=settings.cache_dir, int8=True, log=log)
         scorer: Any = OrtTrailScorer(
             folder,
             settings.rescore_top,

@@ -28,9 +28,10 @@ INT8_OUTLIER_RATIO = 150.0
 #: Largest drop of the share of explanations the guard keeps (every claim true) from fp32.
 INT8_MAX_TRUSTED_DROP = 0.05
 #: Whether ``auto`` scores with the int8 graph on the CPU where its scores passed the above.
-#: Off: replaying ML-100K, the int8 scorer's top 10 kept only 60-70% of fp32's in 5 of 29
-#: windows (the blend's weight on the residual makes small score differences reorder it;
-#: 87.6% on average), though it held on six ML-1M windows (BENCHMARKS.md, "window").
+#: Off: its ranking now holds (replaying ML-100K, the int8 scorer's top 10 kept at least 80%
+#: of fp32's in every window, 99.3% on average; BENCHMARKS.md, "LM runtimes"), but a window
+#: is slower with it than with fp32 (7.43 s against 7.00 s p50 on six ML-1M windows): the
+#: fp32 scorer's KV cache seeds the explanations, an int8 one cannot.
 INT8_DEFAULT_ON_CPU = False
 #: Whether ``auto`` also explains with the int8 graph where its texts passed the above. Off:
 #: on six ML-1M windows the guard replaced 11.7% of int8's explanations (fp32: 1.7%), and
