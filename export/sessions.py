@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,19 @@ def _past_layout(inputs: dict[str, Any]) -> tuple[dict[str, tuple[int, int]], di
     return shapes, types
 
 
+def presents_of(names: Iterable[str]) -> dict[str, str]:
+    """The ``present.*`` output that returns each ``past_key_values.*`` input of ``names``.
+
+    >>> presents_of(["input_ids", "past_key_values.0.key"])
+    {'present.0.key': 'past_key_values.0.key'}
+    """
+    return {
+        name.replace("past_key_values.", "present.", 1): name
+        for name in names
+        if name.startswith("past_key_values.")
+    }
+
+
 def left_padded(
     rows: Sequence[Sequence[int]],
     pad_id: int,
@@ -238,11 +251,7 @@ class ScorerGraph(_Graph):
         if "input_ids" not in inputs or "attention_mask" not in inputs:
             raise ModelLoadError(f"{path} is not a TRAIL scorer (inputs: {[*inputs]})")
         outputs = {o.name for o in self.session.get_outputs()}
-        self.present_of = {
-            name.replace("past_key_values.", "present.", 1): name
-            for name in inputs
-            if name.startswith("past_key_values.")
-        }
+        self.present_of = presents_of(inputs)
         if not set(self.present_of) <= outputs:
             self.present_of = {}
 
@@ -306,9 +315,7 @@ class GeneratorGraph(_Graph):
         if not self.past_names or "input_ids" not in inputs:
             raise ModelLoadError(f"{path} is not a generator with a KV cache (inputs: {[*inputs]})")
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.present_of = {
-            name.replace("past_key_values.", "present.", 1): name for name in self.past_names
-        }
+        self.present_of = presents_of(self.past_names)
         missing = [p for p in self.present_of if p not in self.output_names]
         if missing or "logits" not in self.output_names:
             raise ModelLoadError(f"{path}: outputs {missing or ['logits']} are missing")
