@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 from model.explain.claims import Claim, extract_claims
@@ -63,6 +64,33 @@ def normalized(text: str) -> str:
     return " ".join(text.replace('"', "'").split()).casefold()
 
 
+_TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)$")
+_TRAILING_ARTICLE = re.compile(r"^(.*), (the|a|an)$")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def title_key(title: str) -> str:
+    """What a reader compares to tell whether two titles name one item: the words.
+
+    Case, punctuation, a trailing year and MovieLens's trailing article do not make another
+    item; a different word does.
+
+    >>> title_key("Me, myself, and Irene") == title_key("Me, Myself and Irene")
+    True
+    >>> title_key("Silence of the Lambs, The (1991)") == title_key("The Silence of the Lambs")
+    True
+    >>> title_key("Toy Story 2") == title_key("Toy Story (1995)")
+    False
+    """
+    text = _TRAILING_YEAR.sub("", " ".join(title.split()).casefold())
+    article = _TRAILING_ARTICLE.match(text)
+    if article is not None:
+        text = f"{article.group(2)} {article.group(1)}"
+    words = _WORD.findall(text)
+    # A title of punctuation alone has no words to compare; it is then compared as written.
+    return " ".join(words) if words else normalized(title)
+
+
 #: The age words and the ages (in windows) a reader understands by them.
 AGE_WORDS: dict[str, tuple[int, float]] = {
     "brand-new": (0, 0),
@@ -121,7 +149,7 @@ def claim_fact(claim: Claim, window_seconds: int) -> tuple[object, ...]:
     if ages is not None:
         return ("age", *ages)
     if claim.kind == "item":
-        return ("item", normalized(str(claim.value)))
+        return ("item", title_key(str(claim.value)))
     if claim.kind == "category":
         return ("category", normalized(claim.attribute.strip().strip("'\"")), claim.value)
     if claim.kind == "magnitude":
@@ -137,7 +165,7 @@ def _judge(
 
     if claim.kind == "item":
         title = features.title
-        if title is not None and normalized(str(claim.value)) == normalized(title):
+        if title is not None and title_key(str(claim.value)) == title_key(title):
             return verdict(True, False, "the item's title")
         if any(normalized(str(claim.value)) == normalized(c) for c in features.categories):
             return verdict(True, False, "the item's category, quoted")

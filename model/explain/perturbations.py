@@ -6,7 +6,7 @@ import random
 import re
 from typing import Literal
 
-from model.explain.checker import AGE_WORDS, normalized
+from model.explain.checker import AGE_WORDS, normalized, title_key
 from model.explain.claims import NUMBER, Claim, extract_claims
 from model.explain.signals import OPPOSITE, period_name, read_signals
 from model.explain.wording import (
@@ -180,12 +180,12 @@ def _change_number(
 
 
 def _swap_item(text: str, claims: list[Claim], features: ItemFeatures, rng: random.Random) -> str:
-    own_title = normalized(features.title or "")
+    own_title = title_key(features.title or "")
     own_categories = {normalized(c) for c in features.categories}
     titles = [c for c in claims if c.kind == "item"]
     if titles:
         claim = titles[0]
-        decoy = rng.choice([t for t in _DECOY_TITLES if normalized(t) != own_title])
+        decoy = rng.choice([t for t in _DECOY_TITLES if title_key(t) != own_title])
         return _replace(text, claim.span, f'"{decoy}"')
     categories = [c for c in claims if c.kind == "category"]
     if categories:
@@ -193,5 +193,5 @@ def _swap_item(text: str, claims: list[Claim], features: ItemFeatures, rng: rand
         decoy = rng.choice([c for c in _DECOY_CATEGORIES if normalized(c) not in own_categories])
         start = claim.span[0] + claim.text.index(claim.attribute)
         return _replace(text, (start, start + len(claim.attribute)), decoy)
-    decoy = rng.choice([t for t in _DECOY_TITLES if normalized(t) != own_title])
+    decoy = rng.choice([t for t in _DECOY_TITLES if title_key(t) != own_title])
     return f'"{decoy}": {text}'

@@ -165,6 +165,23 @@ def test_checker_flags_empty_and_contradicting_explanations() -> None:
     assert opposed.contradictions == 1
 
 
+def test_checker_reads_a_title_as_a_reader_does() -> None:
+    """Rule: case, punctuation, a year and a trailing article do not name another item.
+
+    Fails on the old checker, which called "Me, myself, and Irene" another item than its
+    title "Me, Myself and Irene" (the LM's text on ML-1M)."""
+    features = synthetic_features(random.Random(5), shape="steady", with_metadata=True)
+    for title, quoted in [
+        ("Me, Myself and Irene", "Me, myself, and Irene"),
+        ("Silence of the Lambs, The (1991)", "The Silence of the Lambs"),
+    ]:
+        item = features.model_copy(update={"title": title})
+        same = check_explanation(f'"{quoted}" drew {item.count:.0f} events.', item, None)
+        assert (same.true_claims, same.contradictions) == (2, 0), same.verdicts
+        other = check_explanation(f'"{quoted} 2" drew {item.count:.0f} events.', item, None)
+        assert other.contradictions == 1, other.verdicts
+
+
 def test_extract_claims_reads_free_text() -> None:
     text = (
         '"Heat (1995)" is surging, up 3.2x with about 1,200 plays this week; its genre Crime '
