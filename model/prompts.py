@@ -13,8 +13,8 @@ memorise an id's history, and a new item is described exactly like an old one.
 >>> features = synthetic_features(random.Random(7), shape="rising", with_metadata=True)
 >>> print(build_prompt(features))  # doctest: +ELLIPSIS
 "..." [...]
-per ..., age ..., trend rising
-counts ..., total ...
+per ..., first seen ..., trend rising
+counts ..., this ..., total ...
 ...
 """
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.explain import clean_title, period_name, read_signals
+from model.explain.wording import plural, this_period
 from schemas.records import ItemFeatures
 
 #: The system turn of the chat prompt: what to do, in as few tokens as possible.
@@ -102,23 +103,49 @@ def build_prompt(features: ItemFeatures) -> str:
     ...     returning_users=31.0, last_quarter=14.0, return_rate=0.35)
     >>> print(build_prompt(f))
     "Toy Story (1995)" [Animation, Comedy]
-    per week, age 20, trend rising
-    counts 10 12 15 20 30 45, total 300
+    per week, first seen 20 weeks ago, trend rising
+    counts 10 12 15 20 30, this week 45, total 300
     EW h1/h4/h8 35/20/13, momentum 2.6x, direction rising
     slope +6.8, share 0.4%, genre momentum 1.4x (rising)
     users 40 (31 returning), last quarter 14
+
+    An item without a usual level (too young, or under one event a window before this one)
+    shows no ratio at all, so the model has none to quote:
+
+    >>> young = f.model_copy(update={"age_windows": 2})
+    >>> print(build_prompt(young).splitlines()[1:4])  # doctest: +NORMALIZE_WHITESPACE
+    ['per week, first seen 2 weeks ago, trend rising', 'counts 10 12 15 20 30, this week 45,
+    total 300', 'EW h1/h4/h8 35/20/13, no usual level, direction rising']
     """
     title = clean_title(features.title)
     item = f'"{title}"' if title is not None else "untitled item"
     categories = [" ".join(c.split())[:30] for c in features.categories if c.strip()]
     if categories:
         item += " [" + ", ".join(categories[:MAX_CATEGORIES]) + "]"
-    recent = features.recent_counts[-MAX_RECENT:] or (features.count,)
+    # The newest count is the window's own and is spelled out as such: the explanation says
+    # "N events this week", and picking the last of a list is where the model miscounted.
+    before = features.recent_counts[-MAX_RECENT:-1]
+    counts = f"counts {' '.join(format_number(c) for c in before)}, " if before else ""
+    # Ages and "this week" in the verbalizer's words ("window" for a length with no name).
+    period = period_name(features.window_seconds)
+    age = features.age_windows
+    # The age in the explanation's own words, so "first seen this week" (age 0) and "first
+    # seen 1 week ago" cannot be told apart only by a digit.
+    seen = (
+        f"first seen {this_period(period)}" if age == 0 else f"first seen {plural(age, period)} ago"
+    )
     # h2 is left out: between h1 and h4 it adds tokens, not information.
     ew = (features.ew_1, features.ew_4, features.ew_8)
     # The rounded ratios cannot show which side of the checker's thresholds a value lies on
     # (1.1x may be 1.14 or 1.16), so the directions the checker reads are spelled out.
     sig = read_signals(features)
+    # Momentum is a ratio to the item's usual level; where the checker says there is none
+    # (baseline_level), the number would only invite a false "at 1.1x its usual level".
+    level = (
+        f"momentum {format_number(features.momentum, 2)}x"
+        if sig.ratio_meaningful
+        else "no usual level"
+    )
     signals = f"slope {_signed(features.slope)}, share {format_number(features.share * 100, 2)}%"
     if features.category_momentum is not None:
         signals += f", genre momentum {format_number(features.category_momentum, 2)}x"
@@ -127,12 +154,11 @@ def build_prompt(features: ItemFeatures) -> str:
     return "\n".join(
         (
             item,
-            f"per {_window_name(features.window_seconds)}, age {features.age_windows}, "
-            f"trend {features.trend}",
-            f"counts {' '.join(format_number(c) for c in recent)}, "
+            f"per {_window_name(features.window_seconds)}, {seen}, trend {features.trend}",
+            f"{counts}{this_period(period)} {format_number(features.count)}, "
             f"total {format_number(features.total)}",
-            f"EW h1/h4/h8 {'/'.join(format_number(v, 2) for v in ew)}, "
-            f"momentum {format_number(features.momentum, 2)}x, direction {sig.direction}",
+            f"EW h1/h4/h8 {'/'.join(format_number(v, 2) for v in ew)}, {level}, "
+            f"direction {sig.direction}",
             signals,
             f"users {format_number(features.users)} ({format_number(features.returning_users)} "
             f"returning), last quarter {format_number(features.last_quarter)}",
