@@ -74,11 +74,14 @@ def main() -> int:
     ]
     if ADAPTER_MANIFEST.is_file():
         manifest = json.loads(ADAPTER_MANIFEST.read_text())
+        trained_on = ", ".join(Path(folder).name for folder in manifest.get("data", {}))
+        warm = " warm-started from earlier weights," if manifest.get("initialised_from") else ""
         lines += [
             "TRAIL adapter: `model/adapters/trail-smollm2` "
-            f"({manifest.get('steps', '?')} steps on {manifest.get('device', 'cpu')}; its "
-            "model card `model/adapters/trail-smollm2/README.md` has the training commands; "
-            "the evaluation windows were never trained on, ML-100K not at all).",
+            f"(its last run: {manifest.get('steps', '?')} steps on "
+            f"{manifest.get('device', 'cpu')},{warm} on the earlier windows of "
+            f"{trained_on or '?'}; its model card `model/adapters/trail-smollm2/README.md` has "
+            "the training commands; the evaluation windows were never trained on).",
             "",
         ]
     summary: list[str] = []
